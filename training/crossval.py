@@ -1,0 +1,127 @@
+"""Run an experiment's cross-validation folds and pool their out-of-fold predictions.
+
+Layout of a run folder:
+    <run>/config.yaml  split.json  fold_0/ ... fold_<k-1>/  oof_predictions.csv  results.json
+A fold whose `summary.json` exists is finished and is not trained again, so an interrupted
+experiment resumes at the first unfinished fold.
+"""
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from training.config import ExperimentConfig, save_config
+from training.data import load_images, read_dataset
+from training.metrics import best_threshold, binary_metrics, cross_validated_threshold_metrics
+from training.splits import load_split, make_split, save_split
+from training.train import OOF_COLUMNS, read_oof, train_fold
+
+
+def fold_dirs(run_dir: Path) -> list[Path]:
+    """The finished fold folders of a run (those with a summary.json), in fold order."""
+    folders = [p for p in Path(run_dir).glob("fold_*") if (p / "summary.json").is_file()]
+    return sorted(folders, key=lambda p: p.name)
+
+
+def prepare_split(config: ExperimentConfig, samples, run_dir: Path, split_path: Path | None = None) -> dict:
+    """Reuse `split_path` or the run's split.json; otherwise compute the split and save it there."""
+    target = Path(run_dir) / "split.json"
+    source = Path(split_path) if split_path else target
+    if source.is_file():
+        split = load_split(source)
+    else:
+        split = make_split(samples, n_folds=config.split.n_folds, seed=config.split.seed)
+    save_split(split, target)
+    return split
+
+
+def run_crossval(config: ExperimentConfig, run_dir: Path, *, folds=None, split_path=None, show_progress=True) -> dict:
+    """Train every fold (or the ones listed) not yet finished, then pool the results."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    samples = read_dataset(config.data.kind, config.data.root)
+    split = prepare_split(config, samples, run_dir, split_path)
+    images = load_images(samples)
+    for fold in folds if folds is not None else range(split["n_folds"]):
+        fold_dir = run_dir / f"fold_{fold}"
+        if (fold_dir / "summary.json").is_file():
+            print(f"fold {fold}: finished earlier, skipped ({fold_dir})")
+            continue
+        train_fold(config, samples, images, split, fold, fold_dir, show_progress=show_progress)
+    return pool_results(run_dir, samples)
+
+
+def pooled_oof(fold_folders) -> dict[str, dict]:
+    """Out-of-fold predictions of several members, averaged per sample as scores (logits).
+
+    Members trained on the same split (several backbones) each predict a sample once; their
+    scores are averaged as the exported ensemble averages them.
+    """
+    by_sample = defaultdict(list)
+    for folder in fold_folders:
+        for row in read_oof(Path(folder) / "oof_predictions.csv"):
+            by_sample[row["sample_id"]].append(row)
+    pooled = {}
+    for sample_id, rows in by_sample.items():
+        score = float(np.mean([r["score"] for r in rows]))
+        pooled[sample_id] = {**rows[0], "score": score, "probability": 1 / (1 + np.exp(-score))}
+    return pooled
+
+
+def oof_metrics(pooled: dict[str, dict], samples=None) -> dict:
+    """Threshold (max balanced accuracy) and metrics of pooled out-of-fold predictions."""
+    rows = list(pooled.values())
+    labels = np.array([r["label"] for r in rows])
+    probabilities = np.array([r["probability"] for r in rows])
+    folds = np.array([str(r["fold"]) for r in rows])
+    threshold = best_threshold(labels, probabilities)
+    per_fold = {fold: binary_metrics(labels[folds == fold], probabilities[folds == fold], threshold)
+                for fold in sorted(set(folds))}
+    aucs = [m["roc_auc"] for m in per_fold.values()]
+    result = {
+        "n": int(len(rows)),
+        "n_atypical": int(labels.sum()),
+        "threshold": threshold,
+        "at_threshold": binary_metrics(labels, probabilities, threshold),
+        "at_0_5": binary_metrics(labels, probabilities, 0.5),
+        "threshold_chosen_on_other_folds": cross_validated_threshold_metrics(labels, probabilities, folds),
+        "per_fold": per_fold,
+        "roc_auc_fold_mean": float(np.mean(aucs)),
+        "roc_auc_fold_sd": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else float("nan"),
+    }
+    if samples is not None:
+        result["per_domain"] = _per_domain(rows, labels, probabilities, threshold, samples)
+    return result
+
+
+def _per_domain(rows, labels, probabilities, threshold, samples) -> dict:
+    """Metrics per value of each domain key (e.g. dataset), at the pooled threshold."""
+    domain_of = {s.sample_id: s.domain for s in samples}
+    out = {}
+    for key in sorted({k for s in samples for k in s.domain}):
+        values = np.array([domain_of[r["sample_id"]].get(key, "?") for r in rows])
+        if len(set(values)) > 1:
+            out[key] = {v: binary_metrics(labels[values == v], probabilities[values == v], threshold)
+                        for v in sorted(set(values))}
+    return out
+
+
+def pool_results(run_dir: Path, samples=None) -> dict:
+    """Write the run's pooled oof_predictions.csv and results.json; return the results."""
+    run_dir = Path(run_dir)
+    folders = fold_dirs(run_dir)
+    if not folders:
+        raise FileNotFoundError(f"{run_dir}: no finished fold (fold_*/summary.json)")
+    pooled = pooled_oof(folders)
+    with (run_dir / "oof_predictions.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(OOF_COLUMNS)
+        writer.writerows([[row[c] for c in OOF_COLUMNS] for row in pooled.values()])
+    results = {"folds": [p.name for p in folders], "oof": oof_metrics(pooled, samples),
+               "train": [json.loads((p / "summary.json").read_text()) for p in folders]}
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results

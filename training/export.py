@@ -1,0 +1,162 @@
+"""Export fold folders (any folds, any backbones) as one ONNX graph plus model.json.
+
+Export is its own step with its checks built in (timm's `onnx_export`/`onnx_validate`): the graph
+must pass `onnx.checker`, and ONNX Runtime must agree with PyTorch on real patches to within
+1e-4 in probability, or nothing is written. The threshold is the one that maximises balanced
+accuracy on the members' pooled out-of-fold predictions. The format is docs/model-format.md.
+"""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from training.config import ExperimentConfig, config_from_dict
+from training.crossval import oof_metrics, pooled_oof
+from training.data import CLASSES, PATCH_SIZE, load_images, read_dataset
+from training.ensemble import EnsembleClassifier, Preprocess
+from training.models import create_classifier
+from training.torch_compat import import_timm
+
+OPSET = 18
+PARITY_TOLERANCE = 1e-4
+PARITY_PATCHES = 64
+
+
+class ExportError(RuntimeError):
+    """The exported graph failed a check; nothing was written."""
+
+
+def load_member(fold_dir: Path) -> tuple[torch.nn.Module, dict, ExperimentConfig]:
+    """Rebuild a fold's network from its folder: (network in eval mode, model_args, config)."""
+    fold_dir = Path(fold_dir)
+    for required in ("model_args.json", "model.safetensors", "config.yaml", "oof_predictions.csv"):
+        if not (fold_dir / required).is_file():
+            raise ExportError(f"{fold_dir}: missing {required}; is this a finished fold folder?")
+    args = json.loads((fold_dir / "model_args.json").read_text())
+    network = create_classifier(**args)
+    network.load_state_dict(load_file(str(fold_dir / "model.safetensors")), strict=True)
+    config = config_from_dict(yaml.safe_load((fold_dir / "config.yaml").read_text()), str(fold_dir / "config.yaml"))
+    return network.eval(), args, config
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _parity_patches(samples) -> np.ndarray:
+    """Real patches from the training data for the ONNX-vs-PyTorch check (first and last of the set)."""
+    half = PARITY_PATCHES // 2
+    chosen = samples[:half] + samples[-half:] if len(samples) > PARITY_PATCHES else samples
+    return load_images(chosen)
+
+
+def check_parity(ensemble: torch.nn.Module, onnx_path: Path, patches: np.ndarray) -> float:
+    """Max |P_onnxruntime - P_torch| over `patches`, as one batch and one by one; raises above tolerance."""
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = ensemble(torch.from_numpy(patches)).numpy()
+    batched = session.run(["p_atypical"], {"patches": patches})[0]
+    single = np.concatenate([session.run(["p_atypical"], {"patches": patches[i:i + 1]})[0] for i in range(min(4, len(patches)))])
+    difference = max(float(np.abs(batched - expected).max()), float(np.abs(single - expected[:len(single)]).max()))
+    if not np.isfinite(difference) or difference > PARITY_TOLERANCE:
+        raise ExportError(f"ONNX Runtime and PyTorch disagree by {difference:.2e} in probability (limit {PARITY_TOLERANCE:.0e})")
+    return difference
+
+
+def _to_onnx(ensemble: torch.nn.Module, path: Path) -> None:
+    example = torch.zeros(2, PATCH_SIZE, PATCH_SIZE, 3, dtype=torch.uint8)
+    torch.onnx.export(
+        ensemble, (example,), str(path), input_names=["patches"], output_names=["p_atypical"],
+        dynamic_shapes={"patches": {0: torch.export.Dim("N", min=1, max=65536)}},
+        opset_version=OPSET, dynamo=True, external_data=False, verbose=False)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _model_json(name, onnx_path, threshold, views, members, metrics, training) -> dict:
+    return {
+        "format_version": 1,
+        "name": name,
+        "onnx": onnx_path.name,
+        "onnx_sha256": _sha256(onnx_path),
+        "input": {"name": "patches", "dtype": "uint8", "layout": "NHWC",
+                  "height": PATCH_SIZE, "width": PATCH_SIZE, "channels": 3},
+        "output": {"name": "p_atypical"},
+        "classes": list(CLASSES),
+        "threshold": threshold,
+        "threshold_rule": "maximises balanced accuracy of the members' pooled out-of-fold predictions",
+        "tta_views": list(views),
+        "members": members,
+        "training": training,
+        "metrics": metrics,
+        "provenance": {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": _git_commit(),
+            "versions": {"torch": torch.__version__, "timm": import_timm().__version__,
+                         "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+            "opset": OPSET,
+        },
+    }
+
+
+def _install(staging: Path, out_dir: Path) -> None:
+    """Replace the model files in `out_dir` with the staged ones (other files are left alone)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in list(out_dir.glob("*.onnx")) + [out_dir / "model.json"]:
+        old.unlink(missing_ok=True)
+    for new in staging.iterdir():
+        shutil.move(str(new), out_dir / new.name)
+
+
+def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_root: str | None = None) -> dict:
+    """Export `fold_folders` as one ensemble into `out_dir`; returns the model.json content."""
+    started = time.perf_counter()
+    members = [load_member(folder) for folder in fold_folders]
+    if not members:
+        raise ExportError("no fold folders given")
+    first_config = members[0][2]
+    views = list(views or first_config.tta_views)
+    ensemble = EnsembleClassifier([m[0] for m in members], [Preprocess.from_args(m[1]) for m in members], views).eval()
+    samples = read_dataset(first_config.data.kind, data_root or first_config.data.root)
+    oof = oof_metrics(pooled_oof(fold_folders), samples)
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".export-") as scratch:
+        staging = Path(scratch)
+        onnx_path = staging / f"{name}.onnx"
+        _to_onnx(ensemble, onnx_path)
+        difference = check_parity(ensemble, onnx_path, _parity_patches(samples))
+        member_info = [{"backbone": args["backbone"], "fold": json.loads((Path(f) / "summary.json").read_text())["fold"],
+                        "mean": args["mean"], "std": args["std"], "crop": args.get("crop"), "checkpoint_sha256": _sha256(Path(f) / "model.safetensors")}
+                       for f, (_, args, _) in zip(fold_folders, members)]
+        training = {"dataset": first_config.data.kind, "data_root": str(first_config.data.root),
+                    "split": f"{first_config.split.n_folds}-fold, grouped by slide, stratified by label, seed {first_config.split.seed}",
+                    "configs": sorted({m[2].name for m in members})}
+        metrics = {"oof": oof, "export_parity_max_abs_difference": difference}
+        spec = _model_json(name, onnx_path, oof["threshold"], views, member_info, metrics, training)
+        (staging / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
+        _install(staging, out_dir)
+    size_mb = (out_dir / f"{name}.onnx").stat().st_size / 1e6
+    print(f"export: {len(members)} members x {len(views)} views -> {out_dir / (name + '.onnx')} ({size_mb:.1f} MB), "
+          f"parity {difference:.1e}, threshold {oof['threshold']:.4f}, {time.perf_counter() - started:.0f} s")
+    return spec

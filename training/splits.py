@@ -1,0 +1,70 @@
+"""Cross-validation splits grouped by slide, computed once from a seed and saved as JSON.
+
+Follows nnU-Net's `do_split`: the split is data, not a side effect of training; every fold of every
+experiment on the same dataset reads the same file, so out-of-fold predictions of different
+backbones line up sample by sample. No slide is ever in both the training and validation part of
+a fold (patches of one slide share staining, scanner and often the same tumour region).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from training.data import Sample, labels_of
+
+
+def make_split(samples: list[Sample], *, n_folds: int = 5, seed: int = 0) -> dict:
+    """Stratified-by-label k-fold split grouped by slide, as plain data."""
+    slides = [sample.slide for sample in samples]
+    n_slides = len(set(slides))
+    if n_slides < n_folds:
+        raise ValueError(f"{n_slides} slides cannot make {n_folds} slide-disjoint folds")
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    folds = []
+    for fold, (_, val_index) in enumerate(splitter.split(np.zeros(len(samples)), labels_of(samples), slides)):
+        folds.append({
+            "fold": fold,
+            "val_slides": sorted({slides[i] for i in val_index}),
+            "val_ids": sorted(samples[i].sample_id for i in val_index),
+        })
+    return {"n_folds": n_folds, "seed": seed, "group": "slide", "stratify": "label", "folds": folds}
+
+
+def save_split(split: dict, path: Path) -> None:
+    """Write the split JSON (atomically: a crash leaves the old file or none)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_suffix(".json.tmp")
+    scratch.write_text(json.dumps(split, indent=1) + "\n")
+    scratch.replace(path)
+
+
+def load_split(path: Path) -> dict:
+    """Read a split written by save_split."""
+    return json.loads(Path(path).read_text())
+
+
+def fold_indices(split: dict, samples: list[Sample], fold: int | str) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices into `samples` for `fold`; fold "all" trains on everything.
+
+    Synthetic samples only ever enter training. Raises if the split names samples the dataset lacks.
+    """
+    if fold == "all":
+        real = np.array([i for i, s in enumerate(samples) if not s.synthetic], dtype=np.int64)
+        return real, np.array([], dtype=np.int64)
+    entry = split["folds"][int(fold)]
+    val_ids = set(entry["val_ids"])
+    known = {sample.sample_id for sample in samples if not sample.synthetic}
+    unknown = val_ids - known
+    if unknown:
+        raise ValueError(f"split names {len(unknown)} samples the dataset lacks, e.g. {sorted(unknown)[0]}")
+    val_slides = set(entry["val_slides"])
+    train, val = [], []
+    for index, sample in enumerate(samples):
+        if sample.sample_id in val_ids and not sample.synthetic:
+            val.append(index)
+        elif sample.slide not in val_slides:
+            train.append(index)
+    return np.array(train, dtype=np.int64), np.array(val, dtype=np.int64)
