@@ -1,0 +1,493 @@
+"""Grand-challenge inference entry point for MIDOG 2025 Track 2: atypical mitotic figure classification.
+
+Follows the Track 2 container contract of the MIDOG 2025 challenge (https://midog2025.deepmicroscopy.org):
+`/input/inputs.json` lists the sockets; the `stacked-histopathology-roi-cropouts` socket names one
+multi-page image under `/input/images/stacked-histopathology-roi-cropouts/`, one 128x128 RGB crop
+around a mitotic figure per page. The answer is `/output/multiple-mitotic-figure-classification.json`:
+one `{"class": "normal"|"atypical", "confidence": P(atypical)}` per page, in page order, where
+`confidence` is always a JSON float. The model is the ONNX graph + `model.json` of
+docs/model-format.md, run with ONNX Runtime (CUDA when present, CPU otherwise).
+
+Pages are taken as they come, with these adjustments (each one logged when it happens):
+
+| input                          | what process.py does                                              |
+|--------------------------------|-------------------------------------------------------------------|
+| 2-D image (a single page)      | one page, N = 1                                                   |
+| more than 16 pages             | all pages, run through the model in batches of BATCH_SIZE         |
+| greyscale (1 channel)          | the channel is replicated to R, G and B                           |
+| grey + alpha (2 channels)      | alpha dropped, grey replicated                                    |
+| RGBA (4 channels)              | alpha dropped                                                     |
+| uint16                         | round(value / 257): the inverse of the usual 8->16 bit v * 257    |
+| other integer types            | kept when every value lies in [0, 255], else an error             |
+| float                          | round(value * 255) when every value lies in [0, 1], else an error |
+| pages larger than the model    | centre crop, per axis                                             |
+| pages smaller than the model   | centre pad with black, per axis, like the official edge crops     |
+
+Run locally as `python process.py --input DIR --output DIR [--model DIR]`. Everything a user can get
+wrong ends in one line `error: ...` on stderr, exit code 1, and no output file.
+"""
+
+import argparse
+import contextlib
+import ctypes
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import SimpleITK as sitk
+
+INPUT_PATH = Path("/input")
+OUTPUT_PATH = Path("/output")
+MODEL_PATHS = (Path("/opt/ml/model"), Path(__file__).parent / "model")
+
+STACK_SLUG = "stacked-histopathology-roi-cropouts"
+STACK_OUTPUT = "multiple-mitotic-figure-classification.json"
+IMAGE_SUFFIXES = (".tif", ".tiff", ".mha")
+BATCH_SIZE = 64  # pages per session.run: bounds activation memory for long stacks
+MODEL_FORMAT_VERSION = 1
+
+
+class InputError(Exception):
+    """A problem the user can fix: input, model folder, or what the model returned."""
+
+
+@dataclass(frozen=True)
+class Model:
+    """An ONNX Runtime session and what model.json says about its input and output."""
+
+    name: str
+    session: ort.InferenceSession
+    input_name: str
+    output_name: str
+    height: int
+    width: int
+    classes: tuple[str, str]
+    threshold: float
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+
+def log(message: str) -> None:
+    """One short progress line on stderr."""
+    print(f"process: {message}", file=sys.stderr, flush=True)
+
+
+def elapsed_ms(started: float) -> str:
+    return f"{(time.perf_counter() - started) * 1000:.0f} ms"
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs.json and sockets
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The image files directly inside `folder` (none when it does not exist)."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    )
+
+
+def read_sockets(*, input_dir: Path) -> list[dict[str, Any]]:
+    """The socket list of `<input_dir>/inputs.json`, or a stand-in when only one stack lies there."""
+    inputs_json = input_dir / "inputs.json"
+    if not inputs_json.is_file():
+        images = list_images(input_dir / "images" / STACK_SLUG)
+        if len(images) != 1:
+            raise InputError(
+                f"{inputs_json} not found, and {input_dir / 'images' / STACK_SLUG} holds "
+                f"{len(images)} images (need exactly one to go on without inputs.json)"
+            )
+        log(f"no inputs.json; using the only image, {images[0]}")
+        return [{"interface": {"slug": STACK_SLUG, "relative_path": f"images/{STACK_SLUG}"},
+                 "image": {"name": images[0].name}}]
+    try:
+        sockets = json.loads(inputs_json.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"cannot read {inputs_json}: {error}") from error
+    except json.JSONDecodeError as error:
+        raise InputError(f"{inputs_json} is not valid JSON: {error}") from error
+    if not isinstance(sockets, list) or not all(
+        isinstance(socket, dict) and isinstance(socket.get("interface"), dict)
+        and isinstance(socket["interface"].get("slug"), str)
+        for socket in sockets
+    ):
+        raise InputError(f"{inputs_json} is not a list of sockets (objects with interface.slug)")
+    return sockets
+
+
+def select_handler(sockets: list[dict[str, Any]]) -> "Handler":
+    """The handler of the first socket whose slug this algorithm knows."""
+    slugs = [socket["interface"]["slug"] for socket in sockets]
+    for slug in slugs:
+        if slug in SOCKET_HANDLERS:
+            return SOCKET_HANDLERS[slug]
+    raise InputError(f"inputs.json has no socket this algorithm reads: found slugs {slugs}, "
+                     f"expected one of {sorted(SOCKET_HANDLERS)}")
+
+
+def socket_by_slug(sockets: list[dict[str, Any]], slug: str) -> dict[str, Any]:
+    return next(socket for socket in sockets if socket["interface"]["slug"] == slug)
+
+
+def socket_image_path(socket: dict[str, Any], *, input_dir: Path) -> Path:
+    """`<input_dir>/<relative_path>/<image.name>`, or the only image there when the name is absent."""
+    interface = socket["interface"]
+    relative_path = Path(interface.get("relative_path") or f"images/{interface['slug']}")
+    if relative_path.is_absolute() or ".." in relative_path.parts:
+        raise InputError(f"inputs.json: socket {interface['slug']} has an unsafe relative_path {relative_path}")
+    folder = input_dir / relative_path
+    image = socket.get("image")
+    name = image.get("name") if isinstance(image, dict) else None
+    if name is None:
+        images = list_images(folder)
+        if len(images) != 1:
+            raise InputError(f"inputs.json names no image for socket {interface['slug']}, and {folder} "
+                             f"holds {len(images)} images (need exactly one)")
+        return images[0]
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise InputError(f"inputs.json: socket {interface['slug']} has an invalid image.name {name!r}")
+    path = folder / name
+    if not path.is_file():
+        raise InputError(f"image file not found: {path}")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# model folder
+
+
+def find_model_dir(candidates: Sequence[Path]) -> Path:
+    """The first candidate folder holding a model.json (grand-challenge may leave /opt/ml/model empty)."""
+    for folder in candidates:
+        if (folder / "model.json").is_file():
+            return folder
+    raise InputError(f"no model.json in {' or '.join(str(folder) for folder in candidates)}")
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_model_spec(model_json: Path) -> dict[str, Any]:
+    """model.json, checked for the keys this script relies on (the end of docs/model-format.md)."""
+    try:
+        spec = json.loads(model_json.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"cannot read {model_json}: {one_line(error)}") from error
+    if not isinstance(spec, dict):
+        raise InputError(f"{model_json} is not a JSON object")
+    version = spec.get("format_version")
+    if not is_number(version) or version != MODEL_FORMAT_VERSION:
+        raise InputError(f"{model_json}: format_version is {version!r}, this script reads {MODEL_FORMAT_VERSION}")
+    checks = {
+        "onnx": lambda value: isinstance(value, str) and value != "" and Path(value).name == value,
+        "onnx_sha256": lambda value: isinstance(value, str) and len(value) == 64,
+        "input.name": lambda value: isinstance(value, str) and value != "",
+        "input.height": lambda value: isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        "input.width": lambda value: isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        "output.name": lambda value: isinstance(value, str) and value != "",
+        "classes": lambda value: isinstance(value, list) and len(value) == 2 and all(isinstance(c, str) for c in value),
+        "threshold": lambda value: is_number(value) and 0.0 <= value <= 1.0,
+    }
+    for key, is_valid in checks.items():
+        value: Any = spec
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None:
+            raise InputError(f"{model_json}: missing key {key}")
+        if not is_valid(value):
+            raise InputError(f"{model_json}: invalid value for {key}: {value!r}")
+    return spec
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (a container's CPU set, not the host's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def nvidia_driver_loads() -> bool:
+    """Whether the NVIDIA driver's CUDA library can be loaded (a GPU is passed into this container)."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def create_session(onnx_path: Path) -> ort.InferenceSession:
+    """An ONNX Runtime session on CUDA when a GPU and this onnxruntime build allow it, else on the CPU.
+
+    A CUDA session that cannot be created (a driver too old for the CUDA 13 libraries, say) falls
+    back to the CPU with a log line rather than failing the case.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = available_cpus()
+    cpu_only = ["CPUExecutionProvider"]
+    try:
+        if "CUDAExecutionProvider" in ort.get_available_providers() and nvidia_driver_loads():
+            if hasattr(ort, "preload_dlls"):
+                ort.preload_dlls()  # finds the CUDA/cuDNN libraries that pip installed next to onnxruntime
+            try:
+                return ort.InferenceSession(str(onnx_path), sess_options=options,
+                                            providers=["CUDAExecutionProvider", *cpu_only])
+            except Exception as error:  # onnxruntime raises its own Exception subclasses
+                log(f"CUDA session failed ({one_line(error)}); using the CPU")
+        return ort.InferenceSession(str(onnx_path), sess_options=options, providers=cpu_only)
+    except Exception as error:  # onnxruntime raises its own Exception subclasses (Fail, InvalidProtobuf, ...)
+        raise InputError(f"cannot load {onnx_path}: {one_line(error)}") from error
+
+
+def load_model(*, model_dir: Path) -> Model:
+    """Read model.json, check the graph's sha256, and open an ONNX Runtime session on it."""
+    spec = read_model_spec(model_dir / "model.json")
+    onnx_path = model_dir / spec["onnx"]
+    if not onnx_path.is_file():
+        raise InputError(f"model file not found: {onnx_path} (named by {model_dir / 'model.json'})")
+    actual_sha256 = sha256_of(onnx_path)
+    if actual_sha256 != spec["onnx_sha256"].lower():
+        raise InputError(f"{onnx_path}: sha256 {actual_sha256} does not match onnx_sha256 "
+                         f"{spec['onnx_sha256']} in model.json (corrupted or swapped model)")
+    session = create_session(onnx_path)
+    graph_inputs = [node.name for node in session.get_inputs()]
+    graph_outputs = [node.name for node in session.get_outputs()]
+    if spec["input"]["name"] not in graph_inputs or spec["output"]["name"] not in graph_outputs:
+        raise InputError(f"{onnx_path} has inputs {graph_inputs} and outputs {graph_outputs}; model.json "
+                         f"expects input {spec['input']['name']!r} and output {spec['output']['name']!r}")
+    return Model(
+        name=str(spec.get("name") or onnx_path.stem),
+        session=session,
+        input_name=spec["input"]["name"],
+        output_name=spec["output"]["name"],
+        height=spec["input"]["height"],
+        width=spec["input"]["width"],
+        classes=tuple(spec["classes"]),
+        threshold=float(spec["threshold"]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# image stack
+
+
+def sitk_reason(error: RuntimeError) -> str:
+    """The useful last line of a SimpleITK exception, without its source-file preamble."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = lines[-1] if lines else "unknown error"
+    for marker in ("sitk::ERROR: ", "ERROR: "):
+        if marker in reason:
+            reason = reason.split(marker, 1)[1]
+            break
+    return re.sub(r"^\w+\(0x[0-9a-f]+\): ", "", reason)  # "TIFFImageIO(0x55d0...): " says nothing
+
+
+def to_uint8(pages: np.ndarray, *, path: Path) -> np.ndarray:
+    """Pixel values as uint8, by the rules in the module docstring."""
+    if pages.dtype == np.uint8:
+        return pages
+    if pages.dtype == np.uint16:
+        log("uint16 pixels rescaled to uint8 (round(v / 257))")
+        return np.rint(pages.astype(np.float32) / np.float32(257.0)).astype(np.uint8)
+    is_integer, is_float = np.issubdtype(pages.dtype, np.integer), np.issubdtype(pages.dtype, np.floating)
+    if not (is_integer or is_float):
+        raise InputError(f"{path}: unsupported pixel type {pages.dtype}")
+    if is_float and not np.isfinite(pages).all():
+        raise InputError(f"{path}: NaN or infinite pixel values")
+    low, high = pages.min(), pages.max()
+    if is_integer and 0 <= low and high <= 255:
+        log(f"{pages.dtype} pixels within [0, 255] taken as uint8")
+        return pages.astype(np.uint8)
+    if is_float and 0.0 <= low and high <= 1.0:
+        log(f"{pages.dtype} pixels within [0, 1] rescaled to uint8 (round(v * 255))")
+        return np.rint(pages * 255.0).astype(np.uint8)
+    expected = "[0, 255]" if is_integer else "[0, 1]"
+    raise InputError(f"{path}: {pages.dtype} pixel values span [{low}, {high}], expected {expected} "
+                     f"(or uint8 / uint16)")
+
+
+def to_rgb(pages: np.ndarray, *, path: Path) -> np.ndarray:
+    """(N, H, W, C) -> (N, H, W, 3): grey replicated, alpha dropped."""
+    channels = pages.shape[-1]
+    if channels == 3:
+        return pages
+    if channels in (1, 2):
+        log("greyscale pages replicated to RGB" + (", alpha dropped" if channels == 2 else ""))
+        return np.repeat(pages[..., :1], 3, axis=-1)
+    if channels == 4:
+        log("RGBA pages: alpha dropped")
+        return np.ascontiguousarray(pages[..., :3])
+    raise InputError(f"{path}: {channels} channels per pixel; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
+
+
+def read_stack(*, path: Path) -> np.ndarray:
+    """Every page of a stack as (N, H, W, 3) uint8, in page order."""
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise InputError(f"cannot read image {path}: {sitk_reason(error)}") from error
+    if image.GetDimension() not in (2, 3):
+        raise InputError(f"{path}: a {image.GetDimension()}-D image; expected pages of a 2-D or 3-D stack")
+    pages = sitk.GetArrayFromImage(image)  # (N, H, W[, C]) or (H, W[, C]) for a single page
+    if image.GetDimension() == 2:
+        pages = pages[np.newaxis]
+    if pages.ndim == 3:
+        pages = pages[..., np.newaxis]
+    if pages.size == 0:
+        raise InputError(f"{path}: the image has no pages (shape {pages.shape[:3]})")
+    return to_rgb(to_uint8(pages, path=path), path=path)
+
+
+def fit_pages(pages: np.ndarray, *, height: int, width: int) -> np.ndarray:
+    """Centre-crop each axis that is too large and centre-pad with black each that is too small."""
+    count, page_height, page_width, channels = pages.shape
+    if (page_height, page_width) == (height, width):
+        return pages
+    log(f"pages of {page_height}x{page_width} centre-cropped/padded to {height}x{width}")
+    top, left = max((page_height - height) // 2, 0), max((page_width - width) // 2, 0)
+    cropped = pages[:, top:top + height, left:left + width]
+    fitted = np.zeros((count, height, width, channels), dtype=np.uint8)
+    pad_top, pad_left = (height - cropped.shape[1]) // 2, (width - cropped.shape[2]) // 2
+    fitted[:, pad_top:pad_top + cropped.shape[1], pad_left:pad_left + cropped.shape[2]] = cropped
+    return fitted
+
+
+# ---------------------------------------------------------------------------------------------
+# inference and output
+
+
+def predict(model: Model, pages: np.ndarray) -> np.ndarray:
+    """P(atypical) per page, (N, H, W, 3) uint8 -> (N,) float32, at most BATCH_SIZE pages per run."""
+    probabilities = []
+    for start in range(0, len(pages), BATCH_SIZE):
+        batch = np.ascontiguousarray(pages[start:start + BATCH_SIZE])
+        try:
+            (output,) = model.session.run([model.output_name], {model.input_name: batch})
+        except Exception as error:  # onnxruntime's own exception types
+            raise InputError(f"model {model.name} failed on pages {start}..{start + len(batch) - 1}: "
+                             f"{one_line(error)}") from error
+        output = np.asarray(output, dtype=np.float32)
+        if output.size != len(batch):
+            raise InputError(f"model {model.name} returned shape {output.shape} for {len(batch)} pages")
+        probabilities.append(output.reshape(-1))
+    probabilities = np.concatenate(probabilities)
+    bad = np.flatnonzero(~np.isfinite(probabilities) | (probabilities < 0) | (probabilities > 1))
+    if bad.size:
+        raise InputError(f"model {model.name} returned {probabilities[bad[0]]} for page {bad[0]} "
+                         f"({bad.size} pages outside [0, 1] or NaN)")
+    return probabilities
+
+
+def classify_stack(*, sockets: list[dict[str, Any]], input_dir: Path, model: Model) -> dict[str, Any]:
+    """Track 2: one class + P(atypical) per page of the stacked cropouts."""
+    path = socket_image_path(socket_by_slug(sockets, STACK_SLUG), input_dir=input_dir)
+    log(f"input {path}")
+    started = time.perf_counter()
+    pages = read_stack(path=path)
+    log(f"read {len(pages)} pages of {pages.shape[1]}x{pages.shape[2]}, {elapsed_ms(started)}")
+    pages = fit_pages(pages, height=model.height, width=model.width)
+    started = time.perf_counter()
+    probabilities = predict(model, pages)
+    log(f"infer {len(pages)} pages in {-(-len(pages) // BATCH_SIZE)} run(s), {elapsed_ms(started)}")
+    negative, positive = model.classes
+    results = [
+        {"class": positive if probability >= model.threshold else negative, "confidence": probability}
+        for probability in map(float, probabilities)
+    ]
+    return {STACK_OUTPUT: results}
+
+
+Handler = Callable[..., dict[str, Any]]
+# slug -> handler(sockets=, input_dir=, model=) returning {output file name: JSON payload}.
+SOCKET_HANDLERS: dict[str, Handler] = {STACK_SLUG: classify_stack}
+
+
+def write_json(*, path: Path, payload: Any) -> None:
+    """Write JSON atomically: a temp file in the same folder, fsync, then os.replace onto `path`."""
+    text = json.dumps(payload, indent=2) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise InputError(f"cannot write {path}: {error.strerror}") from error
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o644)  # mkstemp makes 0600; the platform may read as another user
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_name)
+        if isinstance(error, OSError):
+            raise InputError(f"cannot write {path}: {error.strerror}") from error
+        raise
+
+
+def run(*, input_dir: Path, output_dir: Path, model_dirs: Sequence[Path]) -> None:
+    """One case: read the sockets, load the model, run the socket's handler, write its outputs."""
+    sockets = read_sockets(input_dir=input_dir)
+    handler = select_handler(sockets)
+    started = time.perf_counter()
+    model = load_model(model_dir=find_model_dir(model_dirs))
+    log(f"model {model.name}, provider {model.provider}, load {elapsed_ms(started)}")
+    outputs = handler(sockets=sockets, input_dir=input_dir, model=model)
+    started = time.perf_counter()
+    for name, payload in outputs.items():
+        write_json(path=output_dir / name, payload=payload)
+    log(f"write {', '.join(str(output_dir / name) for name in outputs)}, {elapsed_ms(started)}")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", type=Path, default=INPUT_PATH, help=f"input folder (default {INPUT_PATH})")
+    parser.add_argument("--output", type=Path, default=OUTPUT_PATH, help=f"output folder (default {OUTPUT_PATH})")
+    parser.add_argument("--model", type=Path, default=None,
+                        help=f"model folder (default: the first of {', '.join(map(str, MODEL_PATHS))} "
+                             "holding a model.json)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    model_dirs = (args.model,) if args.model is not None else MODEL_PATHS
+    try:
+        run(input_dir=args.input, output_dir=args.output, model_dirs=model_dirs)
+    except InputError as error:
+        print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,456 @@
+"""Tests of process.py, the grand-challenge entry point: output contract, input handling, errors.
+
+End-to-end tests run `python process.py --input --output --model` in a subprocess, as a user or the
+container does; unit tests import its functions. The model is tests/fake_model.py's graph, whose
+P(atypical) is a known function of the mean pixel value, so every confidence is checkable.
+"""
+
+import ast
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import process
+from tests.conftest import STACK_SLUG, stack_socket, write_image
+from tests.fake_model import build_fake_graph, fake_probability, write_fake_model
+
+REPO = Path(__file__).resolve().parents[1]
+OUTPUT_NAME = "multiple-mitotic-figure-classification.json"
+
+
+def run_process(input_dir: Path, output_dir: Path, model_dir: Path | None) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO / "process.py"), "--input", str(input_dir), "--output", str(output_dir)]
+    if model_dir is not None:
+        command += ["--model", str(model_dir)]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def read_results(result: subprocess.CompletedProcess, output_dir: Path) -> list[dict]:
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in output_dir.iterdir()) == [OUTPUT_NAME]
+    return json.loads((output_dir / OUTPUT_NAME).read_text())
+
+
+def confidences(results: list[dict]) -> np.ndarray:
+    return np.array([item["confidence"] for item in results])
+
+
+def assert_failed(result: subprocess.CompletedProcess, output_dir: Path, mentions: str) -> None:
+    """Non-zero exit, one `error:` line naming the culprit, no traceback, and nothing in the output dir."""
+    assert result.returncode != 0
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, result.stderr
+    assert mentions in error_lines[0], error_lines[0]
+    assert "Traceback" not in result.stderr
+    assert not output_dir.exists() or list(output_dir.iterdir()) == []
+
+
+def rewrite_graph(model_dir: Path, **initialisers: float) -> Path:
+    """Replace scalar initialisers (scale, bias) of the fake graph in `model_dir` and fix its sha256."""
+    graph = build_fake_graph()
+    for tensor in graph.graph.initializer:
+        if tensor.name in initialisers:
+            tensor.CopyFrom(numpy_helper.from_array(np.array(initialisers[tensor.name], np.float32), tensor.name))
+    onnx_path = model_dir / "fake.onnx"
+    onnx.save(graph, onnx_path)
+    spec = json.loads((model_dir / "model.json").read_text())
+    spec["onnx_sha256"] = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    (model_dir / "model.json").write_text(json.dumps(spec))
+    return model_dir
+
+
+def brightness_pages(values, size=(128, 128)) -> np.ndarray:
+    """One page per value: uniform grey level plus a little seeded noise, RGB uint8."""
+    rng = np.random.default_rng(0)
+    pages = np.array([np.full((*size, 3), value, np.int16) for value in values])
+    return np.clip(pages + rng.integers(-8, 9, pages.shape), 0, 255).astype(np.uint8)
+
+
+def gradient_pages(count: int, height: int, width: int) -> np.ndarray:
+    """Pages whose mean depends strongly on which window is cut from them (checks crop offsets)."""
+    rows = np.linspace(0, 255, height)[:, None]
+    columns = np.linspace(0, 200, width)[None, :]
+    page = (rows * 0.6 + columns * 0.4).astype(np.uint8)
+    pages = np.stack([np.roll(page, shift, axis=1) for shift in range(count)])
+    return np.repeat(pages[..., None], 3, axis=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# output contract
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.8])
+def test_output_contract(make_case, tmp_path, threshold):
+    pages = brightness_pages(np.linspace(40, 220, 16).astype(int))
+    model_dir = write_fake_model(tmp_path / "model", threshold=threshold)
+    output_dir = tmp_path / "nested" / "output"  # does not exist yet: process.py creates it
+    result = run_process(make_case(pages), output_dir, model_dir)
+    results = read_results(result, output_dir)
+
+    assert isinstance(results, list) and len(results) == len(pages)
+    expected = fake_probability(pages)
+    for item, probability in zip(results, expected):
+        assert set(item) == {"class", "confidence"}
+        assert type(item["confidence"]) is float
+        assert item["class"] in {"normal", "atypical"}
+        assert item["confidence"] == pytest.approx(probability, abs=1e-6)
+        assert item["class"] == ("atypical" if item["confidence"] >= threshold else "normal")
+    assert {item["class"] for item in results} == {"normal", "atypical"}  # both sides of the threshold
+    raw = (output_dir / OUTPUT_NAME).read_text()
+    assert not re.search(r'"confidence":\s*-?\d+\s*[,}\n]', raw), "a confidence written as a JSON integer"
+    assert all(line.startswith("process: ") for line in result.stderr.splitlines()), result.stderr
+    assert "provider CPUExecutionProvider" in result.stderr
+
+
+def test_saturated_confidences_are_json_floats(make_case, tmp_path):
+    model_dir = rewrite_graph(write_fake_model(tmp_path / "model"), scale=1e4, bias=5e5)
+    pages = np.stack([np.zeros((128, 128, 3), np.uint8), np.full((128, 128, 3), 255, np.uint8)])
+    output_dir = tmp_path / "output"
+    results = read_results(run_process(make_case(pages), output_dir, model_dir), output_dir)
+    assert [item["confidence"] for item in results] == [0.0, 1.0]
+    assert [item["class"] for item in results] == ["normal", "atypical"]
+    raw = (output_dir / OUTPUT_NAME).read_text()
+    assert '"confidence": 0.0' in raw and '"confidence": 1.0' in raw
+
+
+def test_page_order(make_case, fake_model_dir, tmp_path):
+    pages = brightness_pages(range(20, 240, 14))
+    output_dir = tmp_path / "output"
+    values = confidences(read_results(run_process(make_case(pages), output_dir, fake_model_dir), output_dir))
+    assert np.all(np.diff(values) > 0)
+    np.testing.assert_allclose(values, fake_probability(pages), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs that are handled
+
+
+def check_probabilities(input_dir: Path, model_dir: Path, tmp_path: Path, expected_pages: np.ndarray) -> str:
+    output_dir = tmp_path / "output"
+    result = run_process(input_dir, output_dir, model_dir)
+    values = confidences(read_results(result, output_dir))
+    assert len(values) == len(expected_pages)
+    np.testing.assert_allclose(values, fake_probability(expected_pages), atol=1e-6)
+    return result.stderr
+
+
+@pytest.mark.parametrize("name", ["stack.tif", "stack.tiff", "stack.mha"])
+def test_file_types(make_case, fake_model_dir, tmp_path, name):
+    pages = brightness_pages([30, 120, 200, 90])
+    check_probabilities(make_case(pages, name=name), fake_model_dir, tmp_path, pages)
+
+
+@pytest.mark.parametrize("name", ["page.tif", "page.mha"])
+def test_single_page(make_case, fake_model_dir, tmp_path, name):
+    page = brightness_pages([150])[0]  # (128, 128, 3): a 2-D RGB image
+    check_probabilities(make_case(page, name=name), fake_model_dir, tmp_path, page[np.newaxis])
+
+
+def test_more_pages_than_one_batch(make_case, fake_model_dir, tmp_path):
+    pages = brightness_pages(np.resize(np.arange(30, 230, 7), 70))
+    assert len(pages) > process.BATCH_SIZE
+    stderr = check_probabilities(make_case(pages, compression="deflate"), fake_model_dir, tmp_path, pages)
+    assert "70 pages in 2 run(s)" in stderr
+
+
+def test_greyscale(make_case, fake_model_dir, tmp_path):
+    grey = brightness_pages([60, 180, 110])[..., 0]  # (3, 128, 128)
+    expected = np.repeat(grey[..., None], 3, axis=-1)
+    check_probabilities(make_case(grey, photometric="minisblack"), fake_model_dir, tmp_path, expected)
+
+
+def test_rgba_drops_alpha(make_case, fake_model_dir, tmp_path):
+    rgb = brightness_pages([40, 90, 140])
+    rgba = np.concatenate([rgb, np.full((*rgb.shape[:3], 1), 255, np.uint8)], axis=-1)  # alpha would raise the mean
+    check_probabilities(make_case(rgba), fake_model_dir, tmp_path, rgb)
+
+
+def test_uint16_divided_by_257_and_rounded(make_case, fake_model_dir, tmp_path):
+    pages8 = brightness_pages([20, 100, 230])
+    offsets = np.random.default_rng(1).integers(-128, 129, pages8.shape)  # round(v / 257) undoes these
+    pages16 = np.clip(pages8.astype(np.int64) * 257 + offsets, 0, 65535).astype(np.uint16)
+    check_probabilities(make_case(pages16), fake_model_dir, tmp_path, pages8)
+
+
+def test_float_in_unit_range(make_case, fake_model_dir, tmp_path):
+    pages8 = brightness_pages([20, 100, 230])
+    pages = (pages8 / 255.0).astype(np.float32)
+    check_probabilities(make_case(pages, name="stack.mha"), fake_model_dir, tmp_path, pages8)
+
+
+def test_small_pages_centre_padded_with_black(make_case, fake_model_dir, tmp_path):
+    pages = gradient_pages(3, 100, 100)
+    expected = np.zeros((3, 128, 128, 3), np.uint8)
+    expected[:, 14:114, 14:114] = pages
+    stderr = check_probabilities(make_case(pages), fake_model_dir, tmp_path, expected)
+    assert "100x100" in stderr
+
+
+def test_large_pages_centre_cropped(make_case, fake_model_dir, tmp_path):
+    pages = gradient_pages(3, 150, 140)
+    expected = pages[:, 11:139, 6:134]
+    check_probabilities(make_case(pages), fake_model_dir, tmp_path, expected)
+
+
+def test_pad_one_axis_crop_the_other(make_case, fake_model_dir, tmp_path):
+    pages = gradient_pages(2, 100, 150)
+    expected = np.zeros((2, 128, 128, 3), np.uint8)
+    expected[:, 14:114] = pages[:, :, 11:139]
+    check_probabilities(make_case(pages), fake_model_dir, tmp_path, expected)
+
+
+def test_fit_pages_offsets():
+    pages = np.arange(5 * 3, dtype=np.uint8).reshape(1, 5, 3, 1)
+    fitted = process.fit_pages(pages, height=3, width=4)  # crop rows 1..3, pad one black column on the right
+    expected = np.array([[3, 4, 5, 0], [6, 7, 8, 0], [9, 10, 11, 0]], np.uint8)
+    np.testing.assert_array_equal(fitted[0, :, :, 0], expected)
+    fitted = process.fit_pages(pages, height=7, width=3)  # pad one black row above and one below
+    np.testing.assert_array_equal(fitted[0, :, :, 0], np.pad(pages[0, :, :, 0], ((1, 1), (0, 0))))
+    odd = process.fit_pages(pages, height=2, width=2)  # odd surplus (3 rows, 1 column): the extra goes after
+    np.testing.assert_array_equal(odd[0, :, :, 0], pages[0, 1:3, 0:2, 0])
+    assert process.fit_pages(pages, height=5, width=3) is pages
+
+
+def test_without_inputs_json_uses_the_only_image(make_case, fake_model_dir, tmp_path):
+    pages = brightness_pages([50, 150])
+    stderr = check_probabilities(make_case(pages, inputs_json=False), fake_model_dir, tmp_path, pages)
+    assert "no inputs.json" in stderr
+
+
+def test_image_name_null_uses_the_only_image(make_case, fake_model_dir, tmp_path):
+    pages = brightness_pages([50, 150])
+    input_dir = make_case(pages)
+    (input_dir / "inputs.json").write_text(json.dumps([stack_socket(None)]))
+    check_probabilities(input_dir, fake_model_dir, tmp_path, pages)
+
+
+def test_official_inputs_json_with_other_sockets(make_case, fake_model_dir, tmp_path):
+    pages = brightness_pages([70, 170])
+    input_dir = make_case(pages)
+    other = {"interface": {"slug": "some-other-socket", "relative_path": "other.json"}, "value": 1}
+    (input_dir / "inputs.json").write_text(json.dumps([other, stack_socket("stack.tif")]))
+    check_probabilities(input_dir, fake_model_dir, tmp_path, pages)
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs that must fail with one clear line
+
+
+def corrupt_onnx(model_dir: Path) -> None:
+    with (model_dir / "fake.onnx").open("ab") as handle:
+        handle.write(b"\0")
+
+
+def drop_key(model_dir: Path, key: str) -> None:
+    spec = json.loads((model_dir / "model.json").read_text())
+    *parents, last = key.split(".")
+    node = spec
+    for part in parents:
+        node = node[part]
+    del node[last]
+    (model_dir / "model.json").write_text(json.dumps(spec))
+
+
+def set_key(model_dir: Path, key: str, value) -> None:
+    spec = json.loads((model_dir / "model.json").read_text())
+    spec[key] = value
+    (model_dir / "model.json").write_text(json.dumps(spec))
+
+
+def write_zero_page_mha(path: Path) -> None:
+    path.write_text("ObjectType = Image\nNDims = 3\nDimSize = 128 128 0\nElementNumberOfChannels = 3\n"
+                    "ElementType = MET_UCHAR\nElementDataFile = LOCAL\n")
+
+
+INPUT_FAULTS = {
+    # name: (what to do to a valid input folder, what the error line must mention)
+    "no inputs.json, no image": (lambda d: [p.unlink() for p in d.rglob("*") if p.is_file()], "inputs.json"),
+    "no inputs.json, two images": (
+        lambda d: ((d / "inputs.json").unlink(),
+                   write_image(d / "images" / STACK_SLUG / "second.tif", brightness_pages([9]))),
+        "2 images"),
+    "malformed JSON": (lambda d: (d / "inputs.json").write_text('[{"interface": '), "not valid JSON"),
+    "not a list": (lambda d: (d / "inputs.json").write_text('{"interface": {"slug": "x"}}'), "not a list of sockets"),
+    "list of non-sockets": (lambda d: (d / "inputs.json").write_text("[1, 2]"), "not a list of sockets"),
+    "unknown slug": (
+        lambda d: (d / "inputs.json").write_text(json.dumps([{"interface": {"slug": "histopathology-region"}}])),
+        "histopathology-region"),
+    "missing image file": (lambda d: (d / "images" / STACK_SLUG / "stack.tif").unlink(), "stack.tif"),
+    "no image named, none there": (
+        lambda d: ((d / "inputs.json").write_text(json.dumps([stack_socket(None)])),
+                   (d / "images" / STACK_SLUG / "stack.tif").unlink()),
+        "0 images"),
+    "corrupt image": (lambda d: (d / "images" / STACK_SLUG / "stack.tif").write_bytes(b"II*\0" + b"junk" * 50),
+                      "stack.tif"),
+    "truncated image": (
+        lambda d: (d / "images" / STACK_SLUG / "stack.tif").write_bytes(
+            (d / "images" / STACK_SLUG / "stack.tif").read_bytes()[:3000]),
+        "stack.tif"),
+    "zero pages": (
+        lambda d: ((d / "inputs.json").write_text(json.dumps([stack_socket("empty.mha")])),
+                   write_zero_page_mha(d / "images" / STACK_SLUG / "empty.mha")),
+        "no pages"),
+    "float outside [0, 1]": (
+        lambda d: write_image(d / "images" / STACK_SLUG / "stack.tif", np.full((2, 128, 128, 3), 3.5, np.float32)),
+        "[0, 1]"),
+    "negative int16": (
+        lambda d: write_image(d / "images" / STACK_SLUG / "stack.tif", np.full((2, 128, 128, 3), -4, np.int16)),
+        "int16"),
+}
+
+
+@pytest.mark.parametrize("fault", list(INPUT_FAULTS))
+def test_bad_input(make_case, fake_model_dir, tmp_path, fault):
+    input_dir = make_case(brightness_pages([100, 200]))
+    damage, mentions = INPUT_FAULTS[fault]
+    damage(input_dir)
+    output_dir = tmp_path / "output"
+    assert_failed(run_process(input_dir, output_dir, fake_model_dir), output_dir, mentions)
+
+
+MODEL_FAULTS = {
+    "no model.json": (lambda d: (d / "model.json").unlink(), "model.json"),
+    "missing threshold": (lambda d: drop_key(d, "threshold"), "threshold"),
+    "missing input.height": (lambda d: drop_key(d, "input.height"), "input.height"),
+    "missing onnx_sha256": (lambda d: drop_key(d, "onnx_sha256"), "onnx_sha256"),
+    "format_version 2": (lambda d: set_key(d, "format_version", 2), "format_version"),
+    "model.json not JSON": (lambda d: (d / "model.json").write_text("{"), "model.json"),
+    "onnx missing": (lambda d: (d / "fake.onnx").unlink(), "fake.onnx"),
+    "sha256 mismatch": (corrupt_onnx, "sha256"),
+    "wrong output name": (lambda d: set_key(d, "output", {"name": "logits"}), "logits"),
+    "NaN output": (lambda d: rewrite_graph(d, bias=float("nan")), "NaN"),
+}
+
+
+@pytest.mark.parametrize("fault", list(MODEL_FAULTS))
+def test_bad_model(make_case, tmp_path, fault):
+    input_dir = make_case(brightness_pages([100, 200]))
+    model_dir = write_fake_model(tmp_path / "model")
+    damage, mentions = MODEL_FAULTS[fault]
+    damage(model_dir)
+    output_dir = tmp_path / "output"
+    assert_failed(run_process(input_dir, output_dir, model_dir), output_dir, mentions)
+
+
+def test_write_leaves_nothing_behind_on_failure(tmp_path, monkeypatch):
+    def failing_replace(source, destination):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(process.os, "replace", failing_replace)
+    with pytest.raises(process.InputError, match="No space left"):
+        process.write_json(path=tmp_path / "out" / OUTPUT_NAME, payload=[{"class": "normal", "confidence": 0.1}])
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# model lookup and session
+
+
+def test_model_lookup_falls_back_past_an_empty_folder(tmp_path, fake_model_dir):
+    empty = tmp_path / "opt-ml-model"
+    empty.mkdir()
+    second = write_fake_model(tmp_path / "repo-model")
+    assert process.find_model_dir([empty, tmp_path / "missing", second]) == second
+    assert process.find_model_dir([fake_model_dir, second]) == fake_model_dir
+    with pytest.raises(process.InputError, match="no model.json"):
+        process.find_model_dir([empty, tmp_path / "missing"])
+    assert process.MODEL_PATHS == (Path("/opt/ml/model"), REPO / "model")
+
+
+def _record_sessions(monkeypatch, providers_offered, *, driver=True, cuda_fails=False):
+    """Fake onnxruntime's provider list, the driver check and InferenceSession; return the call log."""
+    calls = []
+
+    class RecordingSession:
+        def __init__(self, path, sess_options, providers):
+            calls.append(("session", providers, sess_options.intra_op_num_threads))
+            if cuda_fails and "CUDAExecutionProvider" in providers:
+                raise RuntimeError("CUDA driver version is insufficient for CUDA runtime version")
+
+    monkeypatch.setattr(process.ort, "get_available_providers", lambda: providers_offered)
+    monkeypatch.setattr(process.ort, "preload_dlls", lambda: calls.append(("preload",)), raising=False)
+    monkeypatch.setattr(process.ort, "InferenceSession", RecordingSession)
+    monkeypatch.setattr(process, "nvidia_driver_loads", lambda: driver)
+    return calls
+
+
+BOTH = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+CPU = ["CPUExecutionProvider"]
+
+
+def test_session_prefers_cuda_when_offered(monkeypatch, fake_model_dir):
+    calls = _record_sessions(monkeypatch, BOTH)
+    process.create_session(fake_model_dir / "fake.onnx")
+    cpus = len(os.sched_getaffinity(0))
+    assert calls == [("preload",), ("session", BOTH, cpus)]
+
+
+def test_session_is_cpu_only_without_cuda_build_or_driver(monkeypatch, fake_model_dir):
+    cpus = len(os.sched_getaffinity(0))
+    calls = _record_sessions(monkeypatch, CPU)
+    process.create_session(fake_model_dir / "fake.onnx")
+    assert calls == [("session", CPU, cpus)]
+    calls = _record_sessions(monkeypatch, BOTH, driver=False)  # onnxruntime-gpu, but no GPU passed in
+    process.create_session(fake_model_dir / "fake.onnx")
+    assert calls == [("session", CPU, cpus)]
+
+
+def test_a_failing_cuda_session_falls_back_to_the_cpu(monkeypatch, fake_model_dir, capsys):
+    calls = _record_sessions(monkeypatch, BOTH, cuda_fails=True)
+    process.create_session(fake_model_dir / "fake.onnx")
+    assert [c[1] for c in calls if c[0] == "session"] == [BOTH, CPU]
+    assert "CUDA session failed (CUDA driver version is insufficient" in capsys.readouterr().err
+
+
+def test_nvidia_driver_check_is_false_without_a_gpu():
+    # This machine class has no NVIDIA driver; where one exists the check must say so.
+    assert process.nvidia_driver_loads() == Path("/proc/driver/nvidia").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# what process.py imports
+
+HEAVY_MODULES = ("torch", "timm", "training", "torchvision", "tifffile", "PIL", "onnx")
+
+IMPORT_PROBE = """
+import json, runpy, sys
+sys.argv = ["process.py", "--input", sys.argv[1], "--output", sys.argv[2], "--model", sys.argv[3]]
+try:
+    runpy.run_path("process.py", run_name="__main__")
+except SystemExit as exit_:
+    code = exit_.code
+print(json.dumps({"code": code, "modules": sorted({name.split(".")[0] for name in sys.modules})}))
+"""
+
+
+def test_process_imports_nothing_heavy(make_case, fake_model_dir, tmp_path):
+    input_dir = make_case(brightness_pages([100]))
+    probe = subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE, str(input_dir), str(tmp_path / "output"), str(fake_model_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    report = json.loads(probe.stdout.splitlines()[-1])
+    assert report["code"] == 0, probe.stderr
+    modules = set(report["modules"])
+    assert {"numpy", "SimpleITK", "onnxruntime"} <= modules  # the probe does see what process.py imports
+    assert modules.isdisjoint(HEAVY_MODULES), sorted(modules & set(HEAVY_MODULES))
+
+
+def test_process_source_imports_only_stdlib_numpy_simpleitk_onnxruntime():
+    tree = ast.parse((REPO / "process.py").read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0] if node.level == 0 else "<relative>")
+    assert imported - set(sys.stdlib_module_names) == {"numpy", "SimpleITK", "onnxruntime"}
