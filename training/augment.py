@@ -3,7 +3,7 @@
 Mitotic figures have no orientation, so the eight dihedral views are free; stain varies between
 labs and scanners, so colour is jittered in HED space (Tellez et al., "Quantifying the effects of
 data augmentation and stain color normalization", MedIA 2019) and in brightness/contrast/
-saturation; small scale/shift with black fill and black edge bands imitate the centre-padded crops
+saturation and hue; small scale/shift and black edge bands imitate the centre-padded crops
 of figures near a region's edge that the official test stacks contain.
 """
 
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+_YIQ_FROM_RGB = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_RGB_FROM_YIQ = torch.linalg.inv(_YIQ_FROM_RGB)
 # Ruifrok & Johnston's H&E-DAB stain vectors (as in scikit-image's rgb_from_hed).
 _RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 _HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
@@ -28,18 +30,25 @@ class AugmentConfig:
     brightness: float = 0.1
     contrast: float = 0.1
     saturation: float = 0.1
+    hue: float = 0.02  # hue rotation, as a fraction of a full turn: +- hue * 360 degrees
     blur_p: float = 0.1
     border_p: float = 0.1  # chance of a black band at one edge
     border_max: float = 0.35  # widest band, as a fraction of the patch size
 
 
 def _uniform(n, low, high, generator, device):
-    return low + (high - low) * torch.rand(n, generator=generator, device=device)
+    """n draws from U(low, high), made by the (CPU) generator and moved to `device`."""
+    return (low + (high - low) * torch.rand(n, generator=generator)).to(device)
+
+
+def _chance(n, probability, generator, device):
+    """n booleans, each True with `probability`, drawn on the CPU generator."""
+    return (torch.rand(n, generator=generator) < probability).to(device)
 
 
 def dihedral(images, generator):
     """Each image in one of the 8 flips/rotations, drawn independently."""
-    choice = torch.randint(0, 8, (images.shape[0],), generator=generator, device=images.device)
+    choice = torch.randint(0, 8, (images.shape[0],), generator=generator).to(images.device)
     out = images.clone()
     for k in range(8):
         chosen = choice == k
@@ -83,9 +92,22 @@ def colour_jitter(images, brightness, contrast, saturation, generator):
     return images.clamp(0, 1)
 
 
+def hue_rotation(images, strength, generator):
+    """Rotate each image's hue by an angle drawn from +- strength turns (a rotation of YIQ's chroma plane)."""
+    n = images.shape[0]
+    angle = _uniform(n, -strength, strength, generator, images.device) * 2 * torch.pi
+    rotation = torch.zeros(n, 3, 3, device=images.device)
+    rotation[:, 0, 0] = 1.0
+    rotation[:, 1, 1] = rotation[:, 2, 2] = torch.cos(angle)
+    rotation[:, 1, 2], rotation[:, 2, 1] = -torch.sin(angle), torch.sin(angle)
+    to_yiq, to_rgb = _YIQ_FROM_RGB.to(images.device), _RGB_FROM_YIQ.to(images.device)
+    transform = to_rgb @ rotation @ to_yiq  # (N, 3, 3), RGB -> RGB
+    return torch.einsum("nij,njhw->nihw", transform, images).clamp(0, 1)
+
+
 def blur(images, probability, generator):
     """Gaussian blur (sigma 0.5 to 1.2, one per batch) on a random subset of images."""
-    chosen = torch.rand(images.shape[0], generator=generator, device=images.device) < probability
+    chosen = _chance(images.shape[0], probability, generator, images.device)
     if not chosen.any():
         return images
     sigma = float(_uniform(1, 0.5, 1.2, generator, images.device))
@@ -102,11 +124,11 @@ def blur(images, probability, generator):
 def black_border(images, probability, max_fraction, generator):
     """A black band along one random edge of a random subset of images."""
     n, _, height, width = images.shape
-    chosen = torch.rand(n, generator=generator, device=images.device) < probability
+    chosen = _chance(n, probability, generator, "cpu")
     out = images.clone()
     for index in torch.nonzero(chosen).flatten().tolist():
-        edge = int(torch.randint(0, 4, (1,), generator=generator, device=images.device))
-        band = int(torch.randint(4, max(5, int(max_fraction * height)), (1,), generator=generator, device=images.device))
+        edge = int(torch.randint(0, 4, (1,), generator=generator))
+        band = int(torch.randint(4, max(5, int(max_fraction * height)), (1,), generator=generator))
         if edge == 0:
             out[index, :, :band] = 0
         elif edge == 1:
@@ -128,6 +150,8 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.
         images = hed_jitter(images, config.hed, generator)
     if config.brightness or config.contrast or config.saturation:
         images = colour_jitter(images, config.brightness, config.contrast, config.saturation, generator)
+    if config.hue:
+        images = hue_rotation(images, config.hue, generator)
     if config.blur_p:
         images = blur(images, config.blur_p, generator)
     if config.border_p:

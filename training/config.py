@@ -21,31 +21,61 @@ class DataConfig:
     """Which dataset to read (a kind from training.data.READERS) and where it lies."""
 
     kind: str = "amibr"
-    root: str = "../shared/data/amibr-dev"
+    root: str = "data/amibr-dev"
+    slides: str | None = None  # midog25 only: folder of original images to cut patches from
+    slides_spacing_um: float | None = None  # their microns per pixel, when not about 0.25 (resampled)
 
 
 @dataclass
 class SplitConfig:
-    """Slide-grouped k-fold cross-validation."""
+    """Slide-grouped k-fold cross-validation, or leave-one-domain-out folds.
+
+    `stratify` names a domain key (e.g. tumor) to balance across folds besides the label;
+    `leave_out` names a domain key whose every value becomes one validation fold (n_folds is then
+    the number of values).
+    """
 
     n_folds: int = 5
     seed: int = 0
+    stratify: str | None = None
+    leave_out: str | None = None
+
+
+@dataclass
+class SyntheticConfig:
+    """Synthetic atypical figures mixed into training (the synthetic-balanced variant).
+
+    `dir` holds one generator's output per fold, `<dir>/fold_<k>/manifest.csv` (a generator that
+    made images for fold k never saw fold k's validation slides). Each fold adds `ratio` times the
+    gap between its normal and atypical training counts (1.0: balanced classes).
+    """
+
+    dir: str | None = None
+    ratio: float = 1.0
 
 
 @dataclass
 class OptimConfig:
-    """Optimiser, schedule and the loop's own settings."""
+    """Optimiser, schedule, loss and the loop's own settings."""
 
     epochs: int = 30
-    batch_size: int = 64
+    batch_size: int = 64  # per process; with torchrun the global batch is this times the processes
     lr: float = 1e-3
     weight_decay: float = 0.05
+    layer_decay: float | None = None  # timm's layer-wise lr decay (e.g. 0.75 for ViT fine-tuning)
     warmup_epochs: int = 1
     ema_decay: float = 0.995  # 0 disables the exponential moving average of weights
+    loss: str = "ce"  # "ce": cross-entropy; "focal": focal loss (Lin et al., ICCV 2017)
+    focal_gamma: float = 2.0
     class_weighting: str = "balanced"  # "balanced": inverse class frequency in the loss; "none"
+    sampler: str = "uniform"  # "uniform": each patch once per epoch; "balanced": classes drawn equally often
     label_smoothing: float = 0.0
+    early_stopping_patience: int = 0  # >0: stop after this many epochs without a better validation ROC AUC
+    amp: bool = True  # bfloat16 autocast, on CUDA only
     seed: int = 0
     threads: int = 0  # 0: every core this process may use
+    device: str = "auto"  # "auto": CUDA when present, else CPU
+    tensorboard: bool = True
 
 
 @dataclass
@@ -54,11 +84,14 @@ class ExperimentConfig:
 
     name: str = "experiment"
     backbone: str = "resnet10t_slim"
+    pretrained: bool = False  # start from the backbone's hub weights (needs internet; see `weights`)
+    weights: str | None = None  # start from a local weight file or folder instead
     input_crop: int | None = None  # centre crop (pixels) fed to the network; None: the whole patch
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     tta_views: list = field(default_factory=lambda: ["identity", "vflip"])
 
 

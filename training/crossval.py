@@ -2,28 +2,40 @@
 
 Layout of a run folder:
     <run>/config.yaml  split.json  fold_0/ ... fold_<k-1>/  oof_predictions.csv  results.json
+          results.md  roc.png  learning_curves.png  per_domain.png  (training/report.py)
 A fold whose `summary.json` exists is finished and is not trained again, so an interrupted
 experiment resumes at the first unfinished fold.
 """
 
 import csv
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from training.config import ExperimentConfig, save_config
-from training.data import load_images, read_dataset
+from training.data import labels_of, load_images, read_dataset, read_manifest
 from training.metrics import best_threshold, binary_metrics, cross_validated_threshold_metrics
-from training.splits import load_split, make_split, save_split
+from training.report import write_report
+from training.splits import fold_indices, load_split, save_split, split_for
 from training.train import OOF_COLUMNS, read_oof, train_fold
 
 
 def fold_dirs(run_dir: Path) -> list[Path]:
-    """The finished fold folders of a run (those with a summary.json), in fold order."""
-    folders = [p for p in Path(run_dir).glob("fold_*") if (p / "summary.json").is_file()]
-    return sorted(folders, key=lambda p: p.name)
+    """The finished cross-validation folds of a run (with out-of-fold predictions), in fold order.
+
+    `fold_all` (trained on every sample) has no validation part and is not among them.
+    """
+    folders = [p for p in Path(run_dir).glob("fold_*")
+               if (p / "summary.json").is_file() and (p / "oof_predictions.csv").is_file()]
+    return sorted(folders, key=lambda p: int(p.name.removeprefix("fold_")))
+
+
+def _is_main_process() -> bool:
+    """False in every torchrun process but rank 0: only rank 0 writes run-level files."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def prepare_split(config: ExperimentConfig, samples, run_dir: Path, split_path: Path | None = None) -> dict:
@@ -33,26 +45,56 @@ def prepare_split(config: ExperimentConfig, samples, run_dir: Path, split_path: 
     if source.is_file():
         split = load_split(source)
     else:
-        split = make_split(samples, n_folds=config.split.n_folds, seed=config.split.seed)
-    save_split(split, target)
+        split = split_for(samples, config.split)  # deterministic: every process computes the same
+    if _is_main_process():
+        save_split(split, target)
     return split
 
 
-def run_crossval(config: ExperimentConfig, run_dir: Path, *, folds=None, split_path=None, show_progress=True) -> dict:
-    """Train every fold (or the ones listed) not yet finished, then pool the results."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
-    samples = read_dataset(config.data.kind, config.data.root)
-    split = prepare_split(config, samples, run_dir, split_path)
-    images = load_images(samples)
+def synthetic_for_fold(config: ExperimentConfig, samples, split: dict, fold) -> list:
+    """The synthetic atypical samples fold `fold` trains with: `ratio` x its class gap, from its own generator."""
+    if not config.synthetic.dir:
+        return []
+    manifest = Path(config.synthetic.dir) / f"fold_{fold}" / "manifest.csv"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: no synthetic images for fold {fold} "
+                                f"(make them with `python -m training synth sample --balance`)")
+    available = [s for s in read_manifest(manifest) if s.label == 1]
+    train_index, _ = fold_indices(split, samples, fold)
+    counts = np.bincount(labels_of([samples[i] for i in train_index]), minlength=2)
+    wanted = int(round(config.synthetic.ratio * max(counts[0] - counts[1], 0)))
+    if wanted > len(available):
+        raise ValueError(f"{manifest}: {len(available)} synthetic atypical images, fold {fold} needs {wanted}")
+    chosen = available[:wanted]
+    if any(not s.synthetic for s in chosen):
+        raise ValueError(f"{manifest}: rows not marked synthetic; only synthetic images may be mixed in")
+    return chosen
+
+
+def _train_folds(config, samples, images, split, run_dir, folds, show_progress) -> None:
     for fold in folds if folds is not None else range(split["n_folds"]):
         fold_dir = run_dir / f"fold_{fold}"
         if (fold_dir / "summary.json").is_file():
             print(f"fold {fold}: finished earlier, skipped ({fold_dir})")
             continue
-        train_fold(config, samples, images, split, fold, fold_dir, show_progress=show_progress)
-    return pool_results(run_dir, samples)
+        synthetic = synthetic_for_fold(config, samples, split, fold) if fold != "all" else []
+        fold_samples = samples + synthetic
+        fold_images = np.concatenate([images, load_images(synthetic)]) if synthetic else images
+        train_fold(config, fold_samples, fold_images, split, fold, fold_dir, show_progress=show_progress)
+
+
+def run_crossval(config: ExperimentConfig, run_dir: Path, *, folds=None, split_path=None,
+                 show_progress=True) -> dict | None:
+    """Train every fold (or the ones listed) not yet finished, then pool the results (None off rank 0)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if _is_main_process():
+        save_config(config, run_dir / "config.yaml")
+    samples = read_dataset(config.data.kind, config.data.root, slides=config.data.slides)
+    split = prepare_split(config, samples, run_dir, split_path)
+    images = load_images(samples, progress=show_progress, spacing_um=config.data.slides_spacing_um)
+    _train_folds(config, samples, images, split, run_dir, folds, show_progress)
+    return pool_results(run_dir, samples) if _is_main_process() else None
 
 
 def pooled_oof(fold_folders) -> dict[str, dict]:
@@ -111,7 +153,7 @@ def _per_domain(rows, labels, probabilities, threshold, samples) -> dict:
 
 
 def pool_results(run_dir: Path, samples=None) -> dict:
-    """Write the run's pooled oof_predictions.csv and results.json; return the results."""
+    """Write the run's pooled oof_predictions.csv, results.json and report; return the results."""
     run_dir = Path(run_dir)
     folders = fold_dirs(run_dir)
     if not folders:
@@ -124,4 +166,5 @@ def pool_results(run_dir: Path, samples=None) -> dict:
     results = {"folds": [p.name for p in folders], "oof": oof_metrics(pooled, samples),
                "train": [json.loads((p / "summary.json").read_text()) for p in folders]}
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_report(run_dir)
     return results

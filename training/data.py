@@ -1,20 +1,38 @@
 """Labelled mitotic-figure patches: one record type, one reader per dataset layout, one image loader.
 
 Every reader returns `Sample`s that keep what splitting and reporting need: the slide (the group no
-split may cut), the domain (dataset, tumour, scanner, species where known) and whether the image is
-synthetic. Datasets: AMi-Br (Bertram et al., "Atypical Mitotic Figures in Breast Cancer", BVM 2025),
-laid out as `AMI-BR.csv` + `patches/{atypical,normal}/<dataset>_<uid>.png`.
+split may cut), the domain (tumour, scanner, species, source dataset, where known), whether the
+image is synthetic, and where the sample came from (table and row) so that errors can name it.
+
+Layouts (`READERS`):
+- `midog25`: the official MIDOG 2025 Track 2 training set, `MIDOG25_Atypical_Classification_Train_Set.csv`
+  + `MIDOG25_Binary_Classification_Train_Set/<image_id>`; label `majority` (AMF/NMF), slide
+  `filename`, domain `Tumor`, `Scanner`, `Origin`, `Species`. With `slides` (a folder holding the
+  original images, MIDOG++), patches are cut around `coordinateX/coordinateY` of `filename` instead.
+- `amibr`: AMi-Br (Bertram et al., BVM 2025), `AMI-BR.csv` + `patches/{atypical,normal}/<dataset>_<uid>.png`;
+  label `majority_atypical`, slide `slide`, domain `dataset`.
+- `folder`: `<root>/<class>/[<slide>/]<image>` with class folders `normal`/`atypical` (or NMF/AMF);
+  without slide sub-folders every image is its own group, and splits cannot keep slides apart.
+- `manifest`: a CSV with columns `image,label,slide[,synthetic][,<domain columns>...]`, image paths
+  relative to the CSV; what the synthetic-image generator writes (with `synthetic` true).
 """
 
 import csv
+from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+import crops
+
 CLASSES = ("normal", "atypical")
 PATCH_SIZE = 128
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+_LABEL_WORDS = {"normal": 0, "nmf": 0, "false": 0, "0": 0, "no": 0,
+                "atypical": 1, "amf": 1, "true": 1, "1": 1, "yes": 1}
 
 
 class DataError(ValueError):
@@ -23,7 +41,11 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled patch. `label` indexes CLASSES (1 = atypical)."""
+    """One labelled patch. `label` indexes CLASSES (1 = atypical).
+
+    `point` is None for a patch file; for a patch cut from a larger image it is the (x, y) pixel
+    centre in `path`. `origin` says where the sample was listed ("<table>, row <n>").
+    """
 
     sample_id: str
     path: Path
@@ -31,89 +53,193 @@ class Sample:
     slide: str
     domain: dict = field(default_factory=dict, hash=False, compare=False)
     synthetic: bool = False
+    origin: str = ""
+    point: tuple | None = None
 
 
-def _parse_bool(value: str, *, where: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise DataError(f"{where}: expected True/False, got {value!r}")
+def parse_label(value: str, *, where: str) -> int:
+    """0 (normal) or 1 (atypical) from a class name, AMF/NMF, True/False or 1/0."""
+    label = _LABEL_WORDS.get(str(value).strip().lower())
+    if label is None:
+        raise DataError(f"{where}: unknown label {value!r} (expected normal/atypical, NMF/AMF, True/False or 0/1)")
+    return label
+
+
+def _table_rows(table: Path, required: tuple) -> Iterator[tuple[str, dict]]:
+    """(where, row) for every row of a CSV, after checking that its header has `required`."""
+    if not table.is_file():
+        raise DataError(f"{table}: not found")
+    with table.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        missing = [column for column in required if column not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{table}: columns {missing} missing (found {reader.fieldnames})")
+        rows = 0
+        for row_number, row in enumerate(reader, start=2):
+            rows += 1
+            yield f"{table}, row {row_number}", row
+    if not rows:
+        raise DataError(f"{table}: no rows")
+
+
+def _existing(path: Path, where: str) -> Path:
+    if not path.is_file():
+        raise DataError(f"{where}: image {path} not found")
+    return path
 
 
 def read_amibr(root: Path) -> list[Sample]:
     """AMi-Br: label = `majority_atypical`, group = `slide`, domain = source dataset."""
     root = Path(root)
-    table = root / "AMI-BR.csv"
-    if not table.is_file():
-        raise DataError(f"{table}: not found (expected the AMi-Br label table)")
     samples = []
-    with table.open(newline="") as handle:
-        for row_number, row in enumerate(csv.DictReader(handle), start=2):
-            where = f"{table}, row {row_number}"
-            try:
-                dataset, uid, slide = row["dataset"], row["uid"], row["slide"]
-                atypical = _parse_bool(row["majority_atypical"], where=where)
-            except KeyError as missing:
-                raise DataError(f"{where}: column {missing} missing") from None
-            path = root / "patches" / CLASSES[atypical] / f"{dataset}_{uid}.png"
-            if not path.is_file():
-                raise DataError(f"{where}: image {path} not found")
-            samples.append(Sample(
-                sample_id=f"{dataset}_{uid}", path=path, label=int(atypical), slide=slide,
-                domain={"dataset": dataset, "tumor": "human breast carcinoma", "species": "human"},
-            ))
-    if not samples:
-        raise DataError(f"{table}: no rows")
+    for where, row in _table_rows(root / "AMI-BR.csv", ("slide", "dataset", "uid", "majority_atypical")):
+        label = parse_label(row["majority_atypical"], where=where)
+        name = f"{row['dataset']}_{row['uid']}"
+        samples.append(Sample(
+            sample_id=name, path=_existing(root / "patches" / CLASSES[label] / f"{name}.png", where),
+            label=label, slide=row["slide"], origin=where,
+            domain={"dataset": row["dataset"], "tumor": "human breast carcinoma", "species": "human"},
+        ))
     return samples
 
 
-READERS = {"amibr": read_amibr}
+MIDOG25_TABLE = "MIDOG25_Atypical_Classification_Train_Set.csv"
+MIDOG25_IMAGES = "MIDOG25_Binary_Classification_Train_Set"
+_MIDOG25_DOMAINS = {"tumor": "Tumor", "scanner": "Scanner", "origin": "Origin", "species": "Species"}
 
 
-def read_dataset(kind: str, root: Path) -> list[Sample]:
-    """Read a dataset of a registered layout (see READERS)."""
+def read_midog25(root: Path, slides: Path | None = None) -> list[Sample]:
+    """The official MIDOG 2025 Track 2 training set; with `slides`, patches cut from the original images."""
+    root = Path(root)
+    table = root if root.suffix == ".csv" else root / MIDOG25_TABLE
+    required = ("image_id", "filename", "majority", *_MIDOG25_DOMAINS.values()) + (
+        ("coordinateX", "coordinateY") if slides else ())
+    samples = []
+    for where, row in _table_rows(table, required):
+        if slides:
+            try:
+                point = (float(row["coordinateX"]), float(row["coordinateY"]))
+            except ValueError:
+                raise DataError(f"{where}: coordinates {row['coordinateX']!r}, {row['coordinateY']!r} are not numbers") from None
+            path = _existing(Path(slides) / row["filename"], where)
+        else:
+            point, path = None, _existing(table.parent / MIDOG25_IMAGES / row["image_id"], where)
+        samples.append(Sample(
+            sample_id=Path(row["image_id"]).stem, path=path, label=parse_label(row["majority"], where=where),
+            slide=row["filename"], origin=where, point=point,
+            domain={key: row[column] for key, column in _MIDOG25_DOMAINS.items()},
+        ))
+    return samples
+
+
+def read_folder(root: Path) -> list[Sample]:
+    """`<root>/<class>/[<slide>/]<image>`: the slide is the sub-folder, else the image itself."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    samples = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        label = parse_label(class_dir.name, where=f"{root}: class folder {class_dir.name!r}")
+        for path in sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+            relative = path.relative_to(root)
+            slide = str(path.parent.relative_to(class_dir)) if path.parent != class_dir else str(relative)
+            samples.append(Sample(sample_id=str(relative.with_suffix("")), path=path, label=label, slide=slide,
+                                  origin=str(path)))
+    if not samples:
+        raise DataError(f"{root}: no images in class folders (expected {root}/normal/... and {root}/atypical/...)")
+    return samples
+
+
+def read_manifest(table: Path) -> list[Sample]:
+    """A CSV `image,label,slide[,synthetic][,domain columns]`; image paths relative to the CSV."""
+    table = Path(table)
+    samples = []
+    for where, row in _table_rows(table, ("image", "label", "slide")):
+        synthetic = parse_label(row.get("synthetic") or "false", where=where) == 1
+        domain = {k: v for k, v in row.items() if k not in ("image", "label", "slide", "synthetic") and k}
+        path = _existing(table.parent / row["image"], where)
+        samples.append(Sample(sample_id=str(Path(row["image"]).with_suffix("")), path=path,
+                              label=parse_label(row["label"], where=where), slide=row["slide"],
+                              domain=domain, synthetic=synthetic, origin=where))
+    return samples
+
+
+READERS = {"midog25": read_midog25, "amibr": read_amibr, "folder": read_folder, "manifest": read_manifest}
+
+
+def read_dataset(kind: str, root: Path, **options) -> list[Sample]:
+    """Read a dataset of a registered layout (see READERS); `options` go to the reader (e.g. slides)."""
     if kind not in READERS:
         raise DataError(f"unknown dataset kind {kind!r}; known: {', '.join(READERS)}")
-    return READERS[kind](Path(root))
+    samples = READERS[kind](Path(root), **{k: v for k, v in options.items() if v is not None})
+    duplicated = len(samples) - len({s.sample_id for s in samples})
+    if duplicated:
+        raise DataError(f"{root}: {duplicated} sample ids occur more than once")
+    return samples
 
 
 def fit_to_size(image: np.ndarray, size: int = PATCH_SIZE) -> np.ndarray:
     """Centre-crop or centre-pad (black) an (H, W, 3) image to (size, size, 3), per axis."""
-    for axis in (0, 1):
-        extent = image.shape[axis]
-        if extent > size:
-            start = (extent - size) // 2
-            image = np.take(image, range(start, start + size), axis=axis)
-        elif extent < size:
-            before = (size - extent) // 2
-            pad = [(0, 0)] * image.ndim
-            pad[axis] = (before, size - extent - before)
-            image = np.pad(image, pad)
-    return image
+    return crops.fit_centred(image, height=size, width=size)
 
 
-def load_image(path: Path, size: int = PATCH_SIZE) -> np.ndarray:
-    """Read one patch as (size, size, 3) uint8 RGB."""
+def _read_rgb(path: Path, where: str) -> np.ndarray:
+    Image.MAX_IMAGE_PIXELS = None  # original region images are large by nature, and ours to trust
     try:
         with Image.open(path) as image:
-            if image.mode not in ("RGB", "RGBA", "L"):
-                raise DataError(f"{path}: unsupported image mode {image.mode} (need RGB)")
-            pixels = np.asarray(image.convert("RGB"))
-    except (OSError, SyntaxError) as error:
-        raise DataError(f"{path}: cannot read image ({error})") from None
+            if image.mode not in ("RGB", "RGBA", "L", "P"):
+                raise DataError(f"{where}: {path} has image mode {image.mode}; expected RGB")
+            return np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise DataError(f"{where}: cannot read image {path} ({error})") from None
+
+
+def load_image(sample: Sample, size: int = PATCH_SIZE) -> np.ndarray:
+    """One sample's patch as (size, size, 3) uint8 RGB; patches far from size x size are refused."""
+    where = sample.origin or str(sample.path)
+    pixels = _read_rgb(sample.path, where)
     height, width = pixels.shape[:2]
     if not (size // 2 <= height <= 2 * size and size // 2 <= width <= 2 * size):
-        raise DataError(f"{path}: image is {width}x{height}, expected about {size}x{size}")
+        raise DataError(f"{where}: {sample.path} is {width}x{height}, expected about {size}x{size}")
     return fit_to_size(pixels, size)
 
 
-def load_images(samples: list[Sample], size: int = PATCH_SIZE) -> np.ndarray:
-    """All patches of `samples` as one (N, size, size, 3) uint8 array, in order."""
-    images = np.empty((len(samples), size, size, 3), dtype=np.uint8)
+def cut_patches(samples: list[Sample], size: int = PATCH_SIZE, spacing_um: float | None = None) -> np.ndarray:
+    """Patches centred on the samples' points, cut from their original images (each image read once).
+
+    With `spacing_um` (the images' microns per pixel) they are resampled to the 0.25 um/px of the
+    official crops first (crops.crop_points); the black fill beyond an image's edge is the official one.
+    """
+    patches = np.empty((len(samples), size, size, 3), dtype=np.uint8)
+    by_image = defaultdict(list)
     for index, sample in enumerate(samples):
-        images[index] = load_image(sample.path, size)
+        by_image[sample.path].append(index)
+    for path, indices in by_image.items():
+        image = _read_rgb(path, samples[indices[0]].origin)
+        points = crops.as_points([samples[i].point for i in indices])
+        outside = ~crops.inside(points, height=image.shape[0], width=image.shape[1])
+        if outside.any():
+            sample = samples[indices[int(np.flatnonzero(outside)[0])]]
+            raise DataError(f"{sample.origin}: point {sample.point} lies outside {path} ({image.shape[1]}x{image.shape[0]})")
+        patches[indices] = crops.crop_points(image, points, size=size, spacing_um=spacing_um)
+    return patches
+
+
+def load_images(samples: list[Sample], size: int = PATCH_SIZE, progress: bool = False,
+                spacing_um: float | None = None) -> np.ndarray:
+    """All patches of `samples` as one (N, size, size, 3) uint8 array, in order.
+
+    Patch files are read as they are; samples with a point are cut from their original images.
+    """
+    from tqdm import tqdm
+
+    images = np.empty((len(samples), size, size, 3), dtype=np.uint8)
+    cut = [i for i, sample in enumerate(samples) if sample.point is not None]
+    if cut:
+        images[cut] = cut_patches([samples[i] for i in cut], size, spacing_um)
+    files = [i for i, sample in enumerate(samples) if sample.point is None]
+    for index in tqdm(files, desc="reading patches", unit="patch", disable=not progress):
+        images[index] = load_image(samples[index], size)
     return images
 
 

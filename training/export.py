@@ -31,6 +31,7 @@ from training.torch_compat import import_timm
 
 OPSET = 18
 PARITY_TOLERANCE = 1e-4
+FP16_TOLERANCE = 1e-2  # float16 weights and activations: about 3 significant digits
 PARITY_PATCHES = 64
 
 
@@ -62,7 +63,8 @@ def _parity_patches(samples) -> np.ndarray:
     return load_images(chosen)
 
 
-def check_parity(ensemble: torch.nn.Module, onnx_path: Path, patches: np.ndarray) -> float:
+def check_parity(ensemble: torch.nn.Module, onnx_path: Path, patches: np.ndarray,
+                 tolerance: float = PARITY_TOLERANCE) -> float:
     """Max |P_onnxruntime - P_torch| over `patches`, as one batch and one by one; raises above tolerance."""
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
@@ -70,9 +72,19 @@ def check_parity(ensemble: torch.nn.Module, onnx_path: Path, patches: np.ndarray
     batched = session.run(["p_atypical"], {"patches": patches})[0]
     single = np.concatenate([session.run(["p_atypical"], {"patches": patches[i:i + 1]})[0] for i in range(min(4, len(patches)))])
     difference = max(float(np.abs(batched - expected).max()), float(np.abs(single - expected[:len(single)]).max()))
-    if not np.isfinite(difference) or difference > PARITY_TOLERANCE:
-        raise ExportError(f"ONNX Runtime and PyTorch disagree by {difference:.2e} in probability (limit {PARITY_TOLERANCE:.0e})")
+    if not np.isfinite(difference) or difference > tolerance:
+        raise ExportError(f"ONNX Runtime and PyTorch disagree by {difference:.2e} in probability (limit {tolerance:.0e})")
     return difference
+
+
+def to_float16(onnx_path: Path) -> None:
+    """Rewrite the graph's weights and arithmetic in float16; input (uint8) and output stay as they are.
+
+    For GPUs (tensor cores); ONNX Runtime's CPU provider runs such a graph slower than float32.
+    """
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True), str(onnx_path))
 
 
 def _to_onnx(ensemble: torch.nn.Module, path: Path) -> None:
@@ -83,6 +95,19 @@ def _to_onnx(ensemble: torch.nn.Module, path: Path) -> None:
         opset_version=OPSET, dynamo=True, external_data=False, verbose=False)
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
+
+
+def _member_info(fold_dir: Path, args: dict) -> dict:
+    return {"backbone": args["backbone"], "fold": json.loads((fold_dir / "summary.json").read_text())["fold"],
+            "mean": args["mean"], "std": args["std"], "crop": args.get("crop"),
+            "checkpoint_sha256": _sha256(fold_dir / "model.safetensors")}
+
+
+def _split_description(split) -> str:
+    if split.leave_out:
+        return f"leave-one-{split.leave_out}-out"
+    return (f"{split.n_folds}-fold, grouped by slide, stratified by label"
+            + (f" and {split.stratify}" if split.stratify else "") + f", seed {split.seed}")
 
 
 def _git_commit() -> str:
@@ -128,7 +153,8 @@ def _install(staging: Path, out_dir: Path) -> None:
         shutil.move(str(new), out_dir / new.name)
 
 
-def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_root: str | None = None) -> dict:
+def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_root: str | None = None,
+                 fp16: bool = False) -> dict:
     """Export `fold_folders` as one ensemble into `out_dir`; returns the model.json content."""
     started = time.perf_counter()
     members = [load_member(folder) for folder in fold_folders]
@@ -137,7 +163,7 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
     first_config = members[0][2]
     views = list(views or first_config.tta_views)
     ensemble = EnsembleClassifier([m[0] for m in members], [Preprocess.from_args(m[1]) for m in members], views).eval()
-    samples = read_dataset(first_config.data.kind, data_root or first_config.data.root)
+    samples = read_dataset(first_config.data.kind, data_root or first_config.data.root, slides=first_config.data.slides)
     oof = oof_metrics(pooled_oof(fold_folders), samples)
     out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -145,15 +171,19 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
         staging = Path(scratch)
         onnx_path = staging / f"{name}.onnx"
         _to_onnx(ensemble, onnx_path)
-        difference = check_parity(ensemble, onnx_path, _parity_patches(samples))
-        member_info = [{"backbone": args["backbone"], "fold": json.loads((Path(f) / "summary.json").read_text())["fold"],
-                        "mean": args["mean"], "std": args["std"], "crop": args.get("crop"), "checkpoint_sha256": _sha256(Path(f) / "model.safetensors")}
-                       for f, (_, args, _) in zip(fold_folders, members)]
-        training = {"dataset": first_config.data.kind, "data_root": str(first_config.data.root),
-                    "split": f"{first_config.split.n_folds}-fold, grouped by slide, stratified by label, seed {first_config.split.seed}",
-                    "configs": sorted({m[2].name for m in members})}
+        parity_patches = _parity_patches(samples)
+        difference = check_parity(ensemble, onnx_path, parity_patches)
+        if fp16:
+            to_float16(onnx_path)
+            difference = check_parity(ensemble, onnx_path, parity_patches, tolerance=FP16_TOLERANCE)
+        member_info = [_member_info(Path(folder), args) for folder, (_, args, _) in zip(fold_folders, members)]
+        training = {"dataset": first_config.data.kind, "n_samples": len(samples),
+                    "n_atypical": int(sum(s.label for s in samples)), "n_slides": len({s.slide for s in samples}),
+                    "split": _split_description(first_config.split), "configs": sorted({m[2].name for m in members}),
+                    "backbones": sorted({m[1]["backbone"] for m in members})}
         metrics = {"oof": oof, "export_parity_max_abs_difference": difference}
         spec = _model_json(name, onnx_path, oof["threshold"], views, member_info, metrics, training)
+        spec["precision"] = "float16" if fp16 else "float32"
         (staging / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
         _install(staging, out_dir)
     size_mb = (out_dir / f"{name}.onnx").stat().st_size / 1e6

@@ -1,18 +1,38 @@
-"""Backbones as a name -> spec registry over timm, and the classifier factory.
+"""Backbones as a name -> spec registry over timm, the classifier factory, and pretrained-weight loading.
 
 Follows timm's habit (`timm/models/_registry.py`): variants are tiny entries in one table, so a CLI
 offers `choices=list(BACKBONES)`. A checkpoint stores only `model_args` (plain data) next to its
 safetensors weights; `create_classifier(**model_args)` rebuilds the network.
+
+Pretrained weights come from timm's hub names when online, or from a local file or folder
+(`weights=`): timm's own checkpoint format, a Hugging Face hub snapshot folder, Lunit's released
+`dino_vit_small_patch8_ep200.torch` (a plain timm VisionTransformer state dict at 224 px; Kang et al.,
+"Benchmarking Self-Supervised Learning on Diverse Pathology Datasets", CVPR 2023) or a DINO training
+checkpoint (`teacher` / `backbone.` prefixes). The architecture's own timm `checkpoint_filter_fn`
+adapts it (e.g. resizes ViT position embeddings to 128 px), and loading fails unless every key of
+the checkpoint has a place and every place but the new classifier head is filled.
 """
 
+import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+import torch
 from torch import nn
 
 from training.torch_compat import import_timm
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The normalisation Lunit's ViT-S models were pre-trained with (TCGA patches).
+LUNIT_MEAN = (0.70322989, 0.53606487, 0.66096631)
+LUNIT_STD = (0.21716536, 0.26081574, 0.20723464)
+WEIGHT_FILE_NAMES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".torch", ".ckpt")
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights that cannot be found, fetched or mapped onto the network."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +44,7 @@ class BackboneSpec:
         mean: per-channel mean of the input normalisation (RGB, on [0, 1] pixels).
         std: per-channel standard deviation of the input normalisation.
         timm_kwargs: extra keyword arguments for `timm.create_model`.
+        hub_weights: the timm (or `hf-hub:`) name of its pretrained weights, None if it has none.
         note: one line for `--help` listings.
     """
 
@@ -31,6 +52,7 @@ class BackboneSpec:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     timm_kwargs: dict = field(default_factory=dict)
+    hub_weights: str | None = None
     note: str = ""
 
 
@@ -41,8 +63,12 @@ BACKBONES = {
     "convnext_atto": BackboneSpec(
         "convnext_atto", note="3.4 M parameters; a small ConvNeXt for CPU experiments"),
     "convnext_small": BackboneSpec(
-        "convnext_small", timm_kwargs={"drop_path_rate": 0.2},
-        note="50 M parameters; the seed paper's backbone (GPU)"),
+        "convnext_small", timm_kwargs={"drop_path_rate": 0.2}, hub_weights="convnext_small.fb_in1k",
+        note="50 M parameters, ImageNet-1k weights; the seed paper's backbone (GPU)"),
+    "lunit_vits8": BackboneSpec(
+        "vit_small_patch8_224", mean=LUNIT_MEAN, std=LUNIT_STD, timm_kwargs={"img_size": 128},
+        hub_weights="hf-hub:1aurent/vit_small_patch8_224.lunit_dino",
+        note="22 M parameters, Lunit's DINO weights from 19 M TCGA patches, 128 px input (GPU)"),
 }
 
 
@@ -60,11 +86,84 @@ def model_args(backbone: str, num_classes: int = 2, crop: int | None = None) -> 
             "crop": crop}
 
 
-def create_classifier(backbone: str, num_classes: int = 2, **_preprocessing) -> nn.Module:
-    """A randomly initialised timm classifier for `backbone` (preprocessing args are ignored here)."""
+def create_classifier(backbone: str, num_classes: int = 2, *, pretrained: bool = False,
+                      weights: str | Path | None = None, **_preprocessing) -> nn.Module:
+    """A timm classifier for `backbone`: random, from its hub weights (`pretrained`), or from `weights`.
+
+    Preprocessing entries of model_args (mean, std, crop) are accepted and ignored here.
+    """
     spec = backbone_spec(backbone)
     timm = import_timm()
+    if weights:
+        network = timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes, **spec.timm_kwargs)
+        load_pretrained(network, Path(weights))
+        return network
+    if pretrained:
+        if not spec.hub_weights:
+            raise WeightsError(f"backbone {backbone!r} has no pretrained weights; train it from scratch")
+        try:
+            return timm.create_model(spec.hub_weights, pretrained=True, num_classes=num_classes, **spec.timm_kwargs)
+        except Exception as error:  # hub downloads raise many kinds (OSError, HTTP, hub-specific)
+            raise WeightsError(f"cannot fetch the pretrained weights {spec.hub_weights} ({type(error).__name__}: "
+                               f"{error}); download them where there is internet and pass --weights PATH") from None
     return timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes, **spec.timm_kwargs)
+
+
+def weight_file(path: Path) -> Path:
+    """The checkpoint file a path names: itself, or the one weight file inside a folder."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise WeightsError(f"{path}: no such weight file or folder")
+    for name in WEIGHT_FILE_NAMES:
+        if (path / name).is_file():
+            return path / name
+    candidates = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    if len(candidates) != 1:
+        raise WeightsError(f"{path}: expected one weight file ({', '.join(WEIGHT_FILE_NAMES)} or one *"
+                           f"{'/*'.join(WEIGHT_SUFFIXES)}), found {[p.name for p in candidates]}")
+    return candidates[0]
+
+
+def read_state_dict(path: Path) -> dict:
+    """A backbone state dict from a checkpoint in any of the supported layouts (module docstring)."""
+    timm = import_timm()
+    try:
+        state = timm.models.load_state_dict(str(weight_file(path)), use_ema=True)
+    except (OSError, RuntimeError, ValueError) as error:
+        raise WeightsError(f"{path}: cannot read weights ({error})") from None
+    if isinstance(state.get("teacher"), dict):  # a DINO training checkpoint: the teacher is the model
+        state = state["teacher"]
+    for prefix in ("module.", "backbone.", "encoder."):
+        if state and all(key.startswith(prefix) or key.startswith("head.") for key in state):
+            state = {key.removeprefix(prefix): value for key, value in state.items()}
+    return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def load_pretrained(network: nn.Module, path: Path) -> dict:
+    """Load `path` into `network`; raise unless every key maps. Returns what was loaded and what is new."""
+    state = read_state_dict(path)
+    filter_fn = getattr(sys.modules[type(network).__module__], "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        try:
+            state = filter_fn(state, network)
+        except (KeyError, RuntimeError, ValueError) as error:
+            raise WeightsError(f"{path}: does not fit {type(network).__name__} ({type(error).__name__}: {error})") from None
+    head = network.pretrained_cfg.get("classifier") or "head"
+    own = network.state_dict()
+    # The classifier is new (2 classes): drop the checkpoint's head, and DINO's projection head.
+    state = {k: v for k, v in state.items()
+             if not (k.startswith(head) and (k not in own or own[k].shape != v.shape))}
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        raise WeightsError(f"{path}: shapes differ for {mismatched[:5]} (another architecture?)")
+    result = network.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(head)]
+    if missing or result.unexpected_keys:
+        raise WeightsError(f"{path}: does not fit {type(network).__name__}: {len(missing)} weights missing "
+                           f"(e.g. {missing[:3]}), {len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]})")
+    return {"loaded": len(state), "new": list(result.missing_keys)}
 
 
 def describe(name: str) -> dict:

@@ -15,21 +15,52 @@ from sklearn.model_selection import StratifiedGroupKFold
 from training.data import Sample, labels_of
 
 
-def make_split(samples: list[Sample], *, n_folds: int = 5, seed: int = 0) -> dict:
-    """Stratified-by-label k-fold split grouped by slide, as plain data."""
-    slides = [sample.slide for sample in samples]
+def _fold_entry(fold: int, samples: list[Sample], val_index) -> dict:
+    return {
+        "fold": fold,
+        "val_slides": sorted({samples[i].slide for i in val_index}),
+        "val_ids": sorted(samples[i].sample_id for i in val_index),
+    }
+
+
+def make_split(samples: list[Sample], *, n_folds: int = 5, seed: int = 0, stratify: str | None = None) -> dict:
+    """k folds grouped by slide, stratified by label (and by the domain key `stratify`), as plain data."""
+    real = [s for s in samples if not s.synthetic]
+    slides = [sample.slide for sample in real]
     n_slides = len(set(slides))
     if n_slides < n_folds:
         raise ValueError(f"{n_slides} slides cannot make {n_folds} slide-disjoint folds")
+    strata = labels_of(real).astype(str)
+    if stratify:
+        strata = np.array([f"{label}|{s.domain.get(stratify, '?')}" for label, s in zip(strata, real)])
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    folds = [_fold_entry(fold, real, val_index)
+             for fold, (_, val_index) in enumerate(splitter.split(np.zeros(len(real)), strata, slides))]
+    return {"n_folds": n_folds, "seed": seed, "group": "slide",
+            "stratify": "label" + (f" + {stratify}" if stratify else ""), "folds": folds}
+
+
+def make_domain_split(samples: list[Sample], key: str) -> dict:
+    """Leave-one-domain-out: one fold per value of domain `key`, validating on all of that domain."""
+    real = [s for s in samples if not s.synthetic]
+    values = sorted({s.domain.get(key) for s in real} - {None})
+    if len(values) < 2:
+        raise ValueError(f"domain key {key!r} has {len(values)} value(s); leave-one-out needs at least 2")
     folds = []
-    for fold, (_, val_index) in enumerate(splitter.split(np.zeros(len(samples)), labels_of(samples), slides)):
-        folds.append({
-            "fold": fold,
-            "val_slides": sorted({slides[i] for i in val_index}),
-            "val_ids": sorted(samples[i].sample_id for i in val_index),
-        })
-    return {"n_folds": n_folds, "seed": seed, "group": "slide", "stratify": "label", "folds": folds}
+    for fold, value in enumerate(values):
+        entry = _fold_entry(fold, real, [i for i, s in enumerate(real) if s.domain.get(key) == value])
+        folds.append({**entry, "left_out": {key: value}})
+    crossing = set.intersection(*(set(f["val_slides"]) for f in folds)) if len(folds) > 1 else set()
+    if crossing:
+        raise ValueError(f"slides {sorted(crossing)[:3]} hold more than one {key}; folds would share slides")
+    return {"n_folds": len(folds), "seed": None, "group": f"domain {key}", "stratify": None, "folds": folds}
+
+
+def split_for(samples: list[Sample], split_config) -> dict:
+    """The split a SplitConfig asks for: leave-one-domain-out when `leave_out` is set, else k-fold."""
+    if split_config.leave_out:
+        return make_domain_split(samples, split_config.leave_out)
+    return make_split(samples, n_folds=split_config.n_folds, seed=split_config.seed, stratify=split_config.stratify)
 
 
 def save_split(split: dict, path: Path) -> None:

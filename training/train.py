@@ -3,19 +3,30 @@
 A fold folder (nnU-Net's habit) holds everything export and evaluation need and nothing they must
 look up elsewhere: `config.yaml` (resolved), `model_args.json` (plain data to rebuild the network),
 `model.safetensors` (the EMA weights, which DiT's `find_model` also prefers), `metrics.csv` (one
-row per epoch), `oof_predictions.csv` (the validation fold, scored with the deployed test-time
-views) and `summary.json`. The schedule is fixed (cosine to the last epoch, no early stopping), so
-the validation fold never chooses the weights and its predictions are honestly out-of-fold.
+row per epoch, also written to TensorBoard under `tensorboard/`), `oof_predictions.csv` (the
+validation fold, scored with the deployed test-time views) and `summary.json`.
+
+By default the schedule is fixed (cosine to the last epoch), so the validation fold never chooses
+the weights and its predictions are honestly out-of-fold. With early stopping the best epoch on
+the validation fold is kept instead, and the summary says so: those metrics are then optimistic.
+
+`resume.pt` is written after every epoch and removed when the fold is done: a fold killed midway
+continues from its last finished epoch. Under `torchrun` (WORLD_SIZE > 1) each process trains on
+its share of every epoch's batches through DistributedDataParallel; rank 0 evaluates and writes.
 """
 
+import copy
 import csv
 import json
 import os
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+import yaml
 from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
@@ -30,6 +41,7 @@ from training.splits import fold_indices
 from training.torch_compat import import_timm
 
 OOF_COLUMNS = ("sample_id", "slide", "label", "fold", "score", "probability")
+RESUME_FILE = "resume.pt"
 
 
 def set_threads(threads: int) -> int:
@@ -39,15 +51,56 @@ def set_threads(threads: int) -> int:
     return threads
 
 
+def select_device(name: str) -> torch.device:
+    """"auto": the process's CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place among torchrun's processes (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Distributed:
+    """Join torchrun's process group when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Distributed()
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(torch.distributed.get_rank(), world)
+
+
 @torch.no_grad()
-def predict_scores(network, preprocess, patches: torch.Tensor, views, batch_size: int = 128) -> np.ndarray:
+def predict_scores(network, preprocess, patches: torch.Tensor, views, device=torch.device("cpu"),
+                   batch_size: int = 128) -> np.ndarray:
     """Score uint8 NHWC patches with `network` over `views`; returns (N,) logit differences."""
     network.eval()
-    scores = [
-        view_scores(network, preprocess(patches[start:start + batch_size]).contiguous(memory_format=torch.channels_last), views)
-        for start in range(0, len(patches), batch_size)
-    ]
+    preprocess = preprocess.to(device)
+    scores = []
+    for start in range(0, len(patches), batch_size):
+        images = preprocess(patches[start:start + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
+        scores.append(view_scores(network, images, views).float().cpu())
     return torch.cat(scores).numpy() if scores else np.zeros(0, dtype=np.float32)
+
+
+def focal_loss(logits, labels, weight=None, gamma: float = 2.0, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Focal loss on softmax logits (Lin et al., ICCV 2017), class-weighted like cross-entropy."""
+    per_sample = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+    p_true = torch.exp(-F.cross_entropy(logits, labels, reduction="none"))
+    weights = weight[labels] if weight is not None else torch.ones_like(per_sample)
+    return ((1 - p_true) ** gamma * per_sample * weights).sum() / weights.sum()
 
 
 def _class_weights(labels: np.ndarray, rule: str) -> torch.Tensor | None:
@@ -62,20 +115,28 @@ def _class_weights(labels: np.ndarray, rule: str) -> torch.Tensor | None:
 class _Trainer:
     """The optimisation state of one fold: network, EMA copy, optimiser, schedule, loss."""
 
-    def __init__(self, config: ExperimentConfig, train_labels: np.ndarray, steps_per_epoch: int):
+    def __init__(self, config: ExperimentConfig, train_labels: np.ndarray, steps_per_epoch: int,
+                 device: torch.device, distributed: Distributed):
         timm = import_timm()
         optim = config.optim
+        self.config, self.device = config, device
         self.args = model_args(config.backbone, crop=config.input_crop)
-        self.network = create_classifier(**self.args).to(memory_format=torch.channels_last)
-        self.preprocess = Preprocess.from_args(self.args)
+        self.network = create_classifier(**self.args, pretrained=config.pretrained, weights=config.weights)
+        self.network = self.network.to(device, memory_format=torch.channels_last)
+        self.trained = self.network  # what the training step calls: DDP's wrapper under torchrun
+        if distributed.world > 1:
+            device_ids = [device.index] if device.type == "cuda" else None
+            self.trained = nn.parallel.DistributedDataParallel(self.network, device_ids=device_ids)
+        self.preprocess = Preprocess.from_args(self.args).to(device)
         self.optimizer = timm.optim.create_optimizer_v2(
-            self.network, "adamw", lr=optim.lr, weight_decay=optim.weight_decay)
+            self.network, "adamw", lr=optim.lr, weight_decay=optim.weight_decay, layer_decay=optim.layer_decay)
         self.scheduler = timm.scheduler.CosineLRScheduler(
             self.optimizer, t_initial=optim.epochs * steps_per_epoch, warmup_t=optim.warmup_epochs * steps_per_epoch,
             warmup_lr_init=optim.lr / 100, lr_min=optim.lr / 1000, t_in_epochs=False)
         self.ema = timm.utils.ModelEmaV3(self.network, decay=optim.ema_decay, use_warmup=True) if optim.ema_decay else None
-        self.loss = nn.CrossEntropyLoss(
-            weight=_class_weights(train_labels, optim.class_weighting), label_smoothing=optim.label_smoothing)
+        weight = _class_weights(train_labels, optim.class_weighting)
+        self.class_weight = weight.to(device) if weight is not None else None
+        self.autocast = optim.amp and device.type == "cuda"
         self.step = 0
 
     @property
@@ -83,9 +144,18 @@ class _Trainer:
         """The network to evaluate and save: the EMA copy when there is one."""
         return self.ema.module if self.ema is not None else self.network
 
+    def loss(self, logits, labels) -> torch.Tensor:
+        optim = self.config.optim
+        if optim.loss == "focal":
+            return focal_loss(logits.float(), labels, self.class_weight, optim.focal_gamma, optim.label_smoothing)
+        if optim.loss != "ce":
+            raise ValueError(f"optim.loss must be 'ce' or 'focal', got {optim.loss!r}")
+        return F.cross_entropy(logits.float(), labels, weight=self.class_weight, label_smoothing=optim.label_smoothing)
+
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
-        self.network.train()
-        logits = self.network(images.contiguous(memory_format=torch.channels_last))
+        self.trained.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.trained(images.contiguous(memory_format=torch.channels_last))
         loss = self.loss(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -96,20 +166,83 @@ class _Trainer:
             self.ema.update(self.network, step=self.step)
         return loss.item()
 
+    def state(self) -> dict:
+        """Everything a resumed fold needs to continue exactly (tensors and plain data only)."""
+        return {"step": self.step, "network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "ema": self.ema.module.state_dict() if self.ema is not None else None}
 
-def _epoch(trainer, config, patches, labels, generator, progress) -> float:
-    """One pass over the training patches in a random order; returns the mean loss."""
+    def restore(self, state: dict) -> None:
+        self.step = state["step"]
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.scheduler.step_update(self.step)
+
+
+def _epoch_order(labels: torch.Tensor, sampler: str, generator: torch.Generator) -> torch.Tensor:
+    """The training indices of one epoch: a permutation, or class-balanced draws with replacement."""
+    if sampler == "uniform":
+        return torch.randperm(len(labels), generator=generator)
+    if sampler != "balanced":
+        raise ValueError(f"optim.sampler must be 'uniform' or 'balanced', got {sampler!r}")
+    counts = torch.bincount(labels, minlength=2).clamp(min=1).float()
+    return torch.multinomial(1.0 / counts[labels], len(labels), replacement=True, generator=generator)
+
+
+def shard_batches(order: torch.Tensor, batch_size: int, distributed: Distributed) -> list[torch.Tensor]:
+    """This process's full batches of `order`; every process gets as many (DDP syncs each step)."""
+    batches = [order[start:start + batch_size] for start in range(0, len(order) - batch_size + 1, batch_size)]
+    batches = batches[:len(batches) - len(batches) % distributed.world]
+    return batches[distributed.rank::distributed.world]
+
+
+def _epoch(trainer, patches, labels, generator, progress, distributed, order_seed: int) -> float:
+    """One pass over the training patches; returns this process's mean loss.
+
+    The order comes from `order_seed` alone, so every torchrun process shards the same order;
+    augmentations draw from this process's own `generator`.
+    """
+    config = trainer.config
     batch_size = config.optim.batch_size
-    order = torch.randperm(len(patches), generator=generator)
+    order = _epoch_order(labels, config.optim.sampler, torch.Generator().manual_seed(order_seed))
     losses = []
-    for start in range(0, len(order) - batch_size + 1, batch_size):  # full batches only (BatchNorm)
-        index = order[start:start + batch_size]
-        images = patches[index].permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W) in [0, 1]
-        images = augment_batch(images, config.augment, generator)
-        losses.append(trainer.train_step(trainer.preprocess.unit(images), labels[index]))
-        progress.update(1)
+    for index in shard_batches(order, batch_size, distributed):
+        images = patches[index].to(trainer.device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
+        images = augment_batch(images, config.augment, generator)  # (B, 3, H, W) in [0, 1]
+        losses.append(trainer.train_step(trainer.preprocess.unit(images), labels[index].to(trainer.device)))
+        progress.update(distributed.world)
         progress.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", refresh=False)
     return float(np.mean(losses))
+
+
+class _FoldLog:
+    """Per-epoch rows to metrics.csv and, when asked, TensorBoard."""
+
+    def __init__(self, out_dir: Path, tensorboard: bool, history: list):
+        self.path, self.history = out_dir / "metrics.csv", history
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+
+    def add(self, row: dict) -> None:
+        self.history.append(row)
+        columns = list(dict.fromkeys(k for r in self.history for k in r))
+        with self.path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, columns)
+            writer.writeheader()
+            writer.writerows(self.history)
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "epoch":
+                    self.writer.add_scalar(key, value, row["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _write_rows(path: Path, columns, rows) -> None:
@@ -119,56 +252,148 @@ def _write_rows(path: Path, columns, rows) -> None:
         writer.writerows(rows)
 
 
+@dataclass
+class _FoldData:
+    """A fold's tensors: every patch (shared, not copied), the training part, and the fold's seed."""
+
+    patches: torch.Tensor
+    labels: torch.Tensor
+    train_index: np.ndarray
+    val_index: np.ndarray
+    seed: int
+
+    @property
+    def train_patches(self):
+        return self.patches[self.train_index]
+
+    @property
+    def train_labels(self):
+        return self.labels[self.train_index]
+
+
+def _validate(trainer, data: _FoldData, row: dict) -> float:
+    """Validation ROC AUC of the evaluated weights, added to `row`; NaN without a validation part."""
+    if not len(data.val_index):
+        return float("nan")
+    scores = predict_scores(trainer.evaluated, trainer.preprocess, data.patches[data.val_index],
+                            trainer.config.tta_views, trainer.device)
+    metrics = binary_metrics(data.labels[data.val_index].numpy(), 1 / (1 + np.exp(-scores.astype(np.float64))), 0.5)
+    row.update(val_roc_auc=metrics["roc_auc"], val_balanced_accuracy_at_0_5=metrics["balanced_accuracy"])
+    return metrics["roc_auc"]
+
+
+def _run_epochs(trainer, data, generator, out_dir, resume: dict, distributed, show_progress) -> tuple[dict, list]:
+    """The epoch loop with per-epoch logging, resume points and optional early stopping; (best, history)."""
+    optim = trainer.config.optim
+    history, best = resume.get("history", []), resume.get("best", {"auc": -1.0, "epoch": 0, "state": None})
+    log = _FoldLog(out_dir, optim.tensorboard and distributed.main, history) if distributed.main else None
+    steps = len(data.train_index) // optim.batch_size
+    start_epoch = len(history)
+    with tqdm(total=optim.epochs * steps, initial=start_epoch * steps, desc=f"{out_dir.name}", unit="step",
+              disable=not (show_progress and distributed.main), dynamic_ncols=True) as progress:
+        for epoch in range(start_epoch, optim.epochs):
+            started = time.perf_counter()
+            loss = _epoch(trainer, data.train_patches, data.train_labels, generator, progress, distributed,
+                          order_seed=data.seed * 100_003 + epoch)
+            row = {"epoch": epoch + 1, "lr": trainer.optimizer.param_groups[0]["lr"], "train_loss": loss}
+            if distributed.main:
+                auc = _validate(trainer, data, row)
+                progress.set_postfix(loss=f"{row['train_loss']:.3f}", val_auc=f"{auc:.3f}")
+                row["seconds"] = time.perf_counter() - started
+                log.add(row)
+                if optim.early_stopping_patience and auc > best["auc"]:
+                    best = {"auc": auc, "epoch": epoch + 1, "state": copy.deepcopy(trainer.evaluated.state_dict())}
+                _save_resume(out_dir, trainer, generator, history, best)
+            if optim.early_stopping_patience and _should_stop(best, epoch + 1, optim.early_stopping_patience, distributed):
+                break
+    if log is not None:
+        log.close()
+    if best["state"] is not None:
+        trainer.evaluated.load_state_dict(best["state"])
+    return best, history
+
+
+def _should_stop(best, epoch, patience, distributed) -> bool:
+    """Early stopping, decided on rank 0 and shared with every process."""
+    stop = torch.tensor([float(epoch - best["epoch"] >= patience)])
+    if distributed.world > 1:
+        torch.distributed.broadcast(stop, src=0)
+    return bool(stop.item())
+
+
+def _save_resume(out_dir, trainer, generator, history, best) -> None:
+    scratch = out_dir / (RESUME_FILE + ".tmp")
+    torch.save({**trainer.state(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "history": history, "best": best, "config": yaml.safe_dump(asdict(trainer.config))}, scratch)
+    scratch.replace(out_dir / RESUME_FILE)
+
+
+def _load_resume(out_dir: Path, trainer, generator, config) -> dict:
+    """The saved state of an interrupted run of this fold, restored into trainer and generator; {} if none."""
+    path = out_dir / RESUME_FILE
+    if not path.is_file():
+        return {}
+    state = torch.load(path, map_location=trainer.device, weights_only=True)
+    if state["config"] != yaml.safe_dump(asdict(config)):
+        raise ValueError(f"{path}: left by a run with another config; delete it to start this fold afresh")
+    trainer.restore(state)
+    generator.set_state(state["generator"].cpu())
+    torch.set_rng_state(state["torch_rng"].cpu())
+    print(f"{out_dir.name}: resuming after epoch {len(state['history'])}")
+    return state
+
+
 def train_fold(config: ExperimentConfig, samples: list[Sample], images: np.ndarray, split: dict,
                fold: int | str, out_dir: Path, *, show_progress: bool = True) -> dict:
     """Train `fold` ("all": every real sample, no validation) and fill `out_dir`; returns the summary."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     set_threads(config.optim.threads)
+    device = select_device(config.optim.device)
+    distributed = init_distributed(device)
     torch.manual_seed(config.optim.seed)
-    generator = torch.Generator().manual_seed(config.optim.seed * 1000 + (0 if fold == "all" else int(fold)))
+    fold_seed = config.optim.seed * 1000 + (999 if fold == "all" else int(fold))
+    generator = torch.Generator().manual_seed(fold_seed * 1000 + distributed.rank)  # augmentation, per process
     train_index, val_index = fold_indices(split, samples, fold)
-    labels = torch.from_numpy(labels_of(samples))
-    patches = torch.from_numpy(images)  # (N, H, W, 3) uint8, shared, not copied
-    train_patches, train_labels = patches[train_index], labels[train_index]
+    data = _FoldData(torch.from_numpy(images), torch.from_numpy(labels_of(samples)), train_index, val_index, fold_seed)
     steps_per_epoch = len(train_index) // config.optim.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"fold {fold}: {len(train_index)} training samples, fewer than one batch")
-    trainer = _Trainer(config, train_labels.numpy(), steps_per_epoch)
-    save_config(config, out_dir / "config.yaml")
-    (out_dir / "model_args.json").write_text(json.dumps(trainer.args, indent=2) + "\n")
-
-    history, started = [], time.perf_counter()
-    with tqdm(total=config.optim.epochs * steps_per_epoch, desc=f"fold {fold}", unit="step",
-              disable=not show_progress, dynamic_ncols=True) as progress:
-        for epoch in range(config.optim.epochs):
-            epoch_start = time.perf_counter()
-            loss = _epoch(trainer, config, train_patches, train_labels, generator, progress)
-            row = {"epoch": epoch + 1, "lr": trainer.optimizer.param_groups[0]["lr"], "train_loss": loss}
-            if len(val_index):
-                val_scores = predict_scores(trainer.evaluated, trainer.preprocess, patches[val_index], config.tta_views)
-                val_metrics = binary_metrics(labels[val_index].numpy(), 1 / (1 + np.exp(-val_scores)), 0.5)
-                row.update(val_roc_auc=val_metrics["roc_auc"], val_balanced_accuracy_at_0_5=val_metrics["balanced_accuracy"])
-                progress.set_postfix(loss=f"{loss:.3f}", val_auc=f"{val_metrics['roc_auc']:.3f}")
-            row["seconds"] = time.perf_counter() - epoch_start
-            history.append(row)
-            _write_rows(out_dir / "metrics.csv", list(history[0]), [list(r.values()) for r in history])
-
-    save_file({k: v.contiguous() for k, v in trainer.evaluated.state_dict().items()},
+    if steps_per_epoch < distributed.world:
+        raise ValueError(f"fold {fold}: {len(train_index)} training samples, fewer than one batch per process")
+    trainer = _Trainer(config, data.train_labels.numpy(), steps_per_epoch, device, distributed)
+    if distributed.main:
+        save_config(config, out_dir / "config.yaml")
+        (out_dir / "model_args.json").write_text(json.dumps(trainer.args, indent=2) + "\n")
+    resume = _load_resume(out_dir, trainer, generator, config)
+    best, history = _run_epochs(trainer, data, generator, out_dir, resume, distributed, show_progress)
+    if not distributed.main:
+        return {}
+    save_file({k: v.contiguous().cpu() for k, v in trainer.evaluated.state_dict().items()},
               str(out_dir / "model.safetensors"), metadata={"model_args": json.dumps(trainer.args)})
-    summary = {"fold": fold, "backbone": config.backbone, "n_train": int(len(train_index)),
-               "n_val": int(len(val_index)), "epochs": config.optim.epochs,
-               "train_seconds": time.perf_counter() - started,
-               "train_images_per_second": config.optim.epochs * steps_per_epoch * config.optim.batch_size / (time.perf_counter() - started)}
+    summary = _summary(config, fold, data, device, distributed, history, best)
+    summary["n_train_synthetic"] = int(sum(samples[i].synthetic for i in train_index))
     if len(val_index):
-        summary.update(_write_oof(trainer, config, samples, patches, val_index, fold, out_dir))
+        summary.update(_write_oof(trainer, samples, data, fold, out_dir))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out_dir / RESUME_FILE).unlink(missing_ok=True)
     return summary
 
 
-def _write_oof(trainer, config, samples, patches, val_index, fold, out_dir) -> dict:
+def _summary(config, fold, data, device, distributed, history, best) -> dict:
+    seconds = sum(row["seconds"] for row in history)  # training and per-epoch validation, across resumes
+    images = len(history) * (len(data.train_index) // config.optim.batch_size) * config.optim.batch_size
+    return {"fold": fold, "backbone": config.backbone, "n_train": int(len(data.train_index)),
+            "n_val": int(len(data.val_index)), "epochs": config.optim.epochs, "epochs_run": len(history),
+            "device": str(device), "processes": distributed.world, "train_seconds": seconds,
+            "train_images_per_second": images / max(seconds, 1e-9),
+            "selected_on_validation": bool(config.optim.early_stopping_patience),
+            **({"best_epoch": best["epoch"]} if config.optim.early_stopping_patience else {})}
+
+
+def _write_oof(trainer, samples, data: _FoldData, fold, out_dir) -> dict:
     """Score the validation fold with the final weights; write oof_predictions.csv; return metrics."""
-    scores = predict_scores(trainer.evaluated, trainer.preprocess, patches[val_index], config.tta_views)
+    val_index = data.val_index
+    scores = predict_scores(trainer.evaluated, trainer.preprocess, data.patches[val_index],
+                            trainer.config.tta_views, trainer.device)
     probabilities = 1 / (1 + np.exp(-scores.astype(np.float64)))
     rows = [(samples[i].sample_id, samples[i].slide, samples[i].label, fold, float(s), float(p))
             for i, s, p in zip(val_index, scores, probabilities)]

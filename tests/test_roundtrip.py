@@ -1,0 +1,105 @@
+"""Train a tiny model, export it, and classify a stack with process.py: the whole product, end to end."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import yaml
+
+from tests.amibr_fixture import make_patch, write_amibr
+from training.cli import main as training_cli
+from training.export import ExportError, check_parity, load_member
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(run folder, model folder) of a 2-fold, 1-epoch run on a tiny AMi-Br-shaped dataset."""
+    work = tmp_path_factory.mktemp("roundtrip")
+    data_root = write_amibr(work / "amibr", n_slides=6, per_slide=8)
+    config = {
+        "name": "tiny", "backbone": "resnet10t_slim", "input_crop": 64,
+        "data": {"kind": "amibr", "root": str(data_root)},
+        "split": {"n_folds": 2, "seed": 0},
+        "optim": {"epochs": 1, "batch_size": 8, "warmup_epochs": 0, "threads": 2},
+    }
+    config_path = work / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    run_dir, model_dir = work / "run", work / "model"
+    assert training_cli(["train", "--config", str(config_path), "--out", str(run_dir), "--quiet"]) == 0
+    assert training_cli(["export", str(run_dir), "--out", str(model_dir), "--name", "tiny"]) == 0
+    return run_dir, model_dir
+
+
+def test_run_folder_is_self_describing(exported):
+    run_dir, _ = exported
+    for fold in ("fold_0", "fold_1"):
+        for name in ("config.yaml", "model_args.json", "model.safetensors", "metrics.csv", "oof_predictions.csv", "summary.json"):
+            assert (run_dir / fold / name).is_file(), f"{fold}/{name}"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["oof"]["n"] == 48  # every sample predicted exactly once, out of fold
+    for name in ("results.md", "roc.png", "learning_curves.png", "per_domain.png"):
+        assert (run_dir / name).stat().st_size > 0, name
+    assert f"{results['oof']['threshold']:.4f}" in (run_dir / "results.md").read_text()
+    split = json.loads((run_dir / "split.json").read_text())
+    assert not set(split["folds"][0]["val_slides"]) & set(split["folds"][1]["val_slides"])
+
+
+def test_model_json_describes_the_graph(exported):
+    run_dir, model_dir = exported
+    spec = json.loads((model_dir / "model.json").read_text())
+    graph = onnx.load(str(model_dir / spec["onnx"]))
+    assert [i.name for i in graph.graph.input] == [spec["input"]["name"]] == ["patches"]
+    assert [o.name for o in graph.graph.output] == [spec["output"]["name"]] == ["p_atypical"]
+    assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert len(spec["members"]) == 2 and spec["tta_views"] == ["identity", "vflip"]
+    assert spec["threshold"] == pytest.approx(json.loads((run_dir / "results.json").read_text())["oof"]["threshold"])
+    assert spec["metrics"]["export_parity_max_abs_difference"] < 1e-4
+    import hashlib
+
+    assert spec["onnx_sha256"] == hashlib.sha256((model_dir / spec["onnx"]).read_bytes()).hexdigest()
+
+
+def test_process_py_gives_the_torch_ensemble_probabilities(exported, make_case, tmp_path):
+    run_dir, model_dir = exported
+    rng = np.random.default_rng(5)
+    pages = np.stack([make_patch(rng, atypical=i % 2 == 0) for i in range(5)])
+    output_dir = tmp_path / "output"
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "process.py"), "--input", str(make_case(pages)), "--output", str(output_dir),
+         "--model", str(model_dir)], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads((output_dir / "multiple-mitotic-figure-classification.json").read_text())
+
+    from training.ensemble import EnsembleClassifier, Preprocess
+
+    members = [load_member(run_dir / f"fold_{k}") for k in (0, 1)]
+    ensemble = EnsembleClassifier([m[0] for m in members], [Preprocess.from_args(m[1]) for m in members]).eval()
+    with torch.no_grad():
+        expected = ensemble(torch.from_numpy(pages)).numpy()
+    threshold = json.loads((model_dir / "model.json").read_text())["threshold"]
+    assert [r["confidence"] for r in result] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert [r["class"] for r in result] == ["atypical" if p >= threshold else "normal" for p in expected]
+
+
+def test_parity_check_fails_loudly_on_a_wrong_graph(exported, tmp_path):
+    run_dir, model_dir = exported
+    spec = json.loads((model_dir / "model.json").read_text())
+    members = [load_member(run_dir / "fold_0")]
+    from training.ensemble import EnsembleClassifier, Preprocess
+
+    only_fold_0 = EnsembleClassifier([members[0][0]], [Preprocess.from_args(members[0][1])]).eval()
+    patches = np.stack([make_patch(np.random.default_rng(i), atypical=bool(i % 2)) for i in range(4)])
+    with pytest.raises(ExportError, match="disagree"):  # the 2-member graph is not the 1-member network
+        check_parity(only_fold_0, model_dir / spec["onnx"], patches)
+
+
+def test_export_refuses_a_folder_that_is_not_a_fold(tmp_path):
+    assert training_cli(["export", str(tmp_path), "--out", str(tmp_path / "model")]) == 1
+    assert not (tmp_path / "model").exists()
