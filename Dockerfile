@@ -1,6 +1,7 @@
 # The grand-challenge container for MIDOG 2025 Track 2 (atypical vs normal mitotic figures).
 # process.py reads /input, runs the ONNX ensemble in model/ (or an uploaded one in /opt/ml/model/)
-# and writes /output/multiple-mitotic-figure-classification.json.
+# and writes /output/multiple-mitotic-figure-classification.json (a stack of crops) or
+# /output/atypical-mitotic-figures.json (a whole image plus candidate points, cut by crops.py).
 #
 # Build it with ./build.sh. BASE_IMAGE is an argument so that a machine without Docker Hub can
 # build from a local Debian bookworm image (./build.sh --offline); any base with Python 3.11 and
@@ -42,7 +43,7 @@ RUN groupadd -r user && useradd -m --no-log-init -r -g user user
 COPY --from=venv /opt/venv /opt/venv
 
 WORKDIR /opt/app
-COPY process.py /opt/app/
+COPY process.py crops.py /opt/app/
 COPY model/ /opt/app/model/
 
 # A named user as in grand-challenge's algorithm template; its id comes from useradd -r inside the

@@ -8,7 +8,18 @@ one `{"class": "normal"|"atypical", "confidence": P(atypical)}` per page, in pag
 `confidence` is always a JSON float. The model is the ONNX graph + `model.json` of
 docs/model-format.md, run with ONNX Runtime (CUDA when present, CPU otherwise).
 
-Pages are taken as they come, with these adjustments (each one logged when it happens):
+A second interface takes what a Track 1 detector works on and writes: the whole region of interest
+(socket `histopathology-region-of-interest-cropout`, `/input/images/histopathology-roi-cropout/`)
+plus candidate points, either grand-challenge "Multiple points" JSON in mm (socket
+`mitotic-figures`, inline `value` or `/input/mitotic-figures.json`, as Track 1 containers write
+it) or a CSV of `x,y` pixels (socket `candidate-points`, `/input/candidate-points.csv`). Each point
+gets a crop cut by crops.py (black beyond the image's edge; resampled to 0.25 um/px first when the
+image's spacing is not a 40x one) and the answer is `/output/atypical-mitotic-figures.json`, the
+same points in the same order, each named "atypical mitotic figure" or "normal mitotic figure" with
+`probability` = P(atypical). A point outside the image is an error. docs/interfaces.md has both.
+
+Pages (and whole images, for their pixel types and channels) are taken as they come, with these
+adjustments (each one logged when it happens):
 
 | input                          | what process.py does                                              |
 |--------------------------------|-------------------------------------------------------------------|
@@ -29,9 +40,11 @@ wrong ends in one line `error: ...` on stderr, exit code 1, and no output file.
 
 import argparse
 import contextlib
+import csv
 import ctypes
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -46,12 +59,28 @@ import numpy as np
 import onnxruntime as ort
 import SimpleITK as sitk
 
+import crops
+
 INPUT_PATH = Path("/input")
 OUTPUT_PATH = Path("/output")
 MODEL_PATHS = (Path("/opt/ml/model"), Path(__file__).parent / "model")
 
 STACK_SLUG = "stacked-histopathology-roi-cropouts"
 STACK_OUTPUT = "multiple-mitotic-figure-classification.json"
+ROI_SLUG = "histopathology-region-of-interest-cropout"  # Track 1's input image
+POINTS_SLUG = "mitotic-figures"  # Track 1's output: Multiple points in mm
+CSV_SLUG = "candidate-points"  # this project's own: a CSV of x,y pixels
+POINTS_OUTPUT = "atypical-mitotic-figures.json"
+# Where a socket's file lies under /input when inputs.json gives no relative_path (grand-challenge's own).
+RELATIVE_PATHS = {
+    STACK_SLUG: f"images/{STACK_SLUG}",
+    ROI_SLUG: "images/histopathology-roi-cropout",
+    POINTS_SLUG: "mitotic-figures.json",
+    CSV_SLUG: "candidate-points.csv",
+}
+# The second spelling is what the official Track 1 reference container writes.
+POINTS_TYPES = ("Multiple points", "Mulitple points")
+POINTS_VERSION = {"major": 1, "minor": 0}
 IMAGE_SUFFIXES = (".tif", ".tiff", ".mha")
 BATCH_SIZE = 64  # pages per session.run: bounds activation memory for long stacks
 MODEL_FORMAT_VERSION = 1
@@ -107,19 +136,27 @@ def list_images(folder: Path) -> list[Path]:
     )
 
 
+def stand_in_sockets(*, input_dir: Path) -> list[dict[str, Any]]:
+    """The sockets inputs.json would list for a folder without one: its only image, with any points file."""
+    stack_folder, roi_folder = input_dir / RELATIVE_PATHS[STACK_SLUG], input_dir / RELATIVE_PATHS[ROI_SLUG]
+    stacks, rois = list_images(stack_folder), list_images(roi_folder)
+    if len(stacks) + len(rois) != 1:
+        raise InputError(f"{input_dir / 'inputs.json'} not found, and {stack_folder} holds {len(stacks)} images, "
+                         f"{roi_folder} {len(rois)} images (need exactly one in all to go on without inputs.json)")
+    slug, image = (STACK_SLUG, stacks[0]) if stacks else (ROI_SLUG, rois[0])
+    log(f"no inputs.json; using the only image, {image}")
+    sockets = [{"interface": {"slug": slug, "relative_path": RELATIVE_PATHS[slug]}, "image": {"name": image.name}}]
+    if slug == ROI_SLUG:
+        sockets += [{"interface": {"slug": points_slug, "relative_path": RELATIVE_PATHS[points_slug]}}
+                    for points_slug in (POINTS_SLUG, CSV_SLUG) if (input_dir / RELATIVE_PATHS[points_slug]).is_file()]
+    return sockets
+
+
 def read_sockets(*, input_dir: Path) -> list[dict[str, Any]]:
-    """The socket list of `<input_dir>/inputs.json`, or a stand-in when only one stack lies there."""
+    """The socket list of `<input_dir>/inputs.json`, or a stand-in when only one image lies there."""
     inputs_json = input_dir / "inputs.json"
     if not inputs_json.is_file():
-        images = list_images(input_dir / "images" / STACK_SLUG)
-        if len(images) != 1:
-            raise InputError(
-                f"{inputs_json} not found, and {input_dir / 'images' / STACK_SLUG} holds "
-                f"{len(images)} images (need exactly one to go on without inputs.json)"
-            )
-        log(f"no inputs.json; using the only image, {images[0]}")
-        return [{"interface": {"slug": STACK_SLUG, "relative_path": f"images/{STACK_SLUG}"},
-                 "image": {"name": images[0].name}}]
+        return stand_in_sockets(input_dir=input_dir)
     try:
         sockets = json.loads(inputs_json.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as error:
@@ -149,23 +186,29 @@ def socket_by_slug(sockets: list[dict[str, Any]], slug: str) -> dict[str, Any]:
     return next(socket for socket in sockets if socket["interface"]["slug"] == slug)
 
 
-def socket_image_path(socket: dict[str, Any], *, input_dir: Path) -> Path:
-    """`<input_dir>/<relative_path>/<image.name>`, or the only image there when the name is absent."""
+def socket_path(socket: dict[str, Any], *, input_dir: Path) -> Path:
+    """`<input_dir>/<relative_path>` of a socket (grand-challenge's default when absent), kept inside input_dir."""
     interface = socket["interface"]
-    relative_path = Path(interface.get("relative_path") or f"images/{interface['slug']}")
+    relative_path = Path(interface.get("relative_path") or RELATIVE_PATHS.get(interface["slug"], interface["slug"]))
     if relative_path.is_absolute() or ".." in relative_path.parts:
         raise InputError(f"inputs.json: socket {interface['slug']} has an unsafe relative_path {relative_path}")
-    folder = input_dir / relative_path
+    return input_dir / relative_path
+
+
+def socket_image_path(socket: dict[str, Any], *, input_dir: Path) -> Path:
+    """`<input_dir>/<relative_path>/<image.name>`, or the only image there when the name is absent."""
+    slug = socket["interface"]["slug"]
+    folder = socket_path(socket, input_dir=input_dir)
     image = socket.get("image")
     name = image.get("name") if isinstance(image, dict) else None
     if name is None:
         images = list_images(folder)
         if len(images) != 1:
-            raise InputError(f"inputs.json names no image for socket {interface['slug']}, and {folder} "
+            raise InputError(f"inputs.json names no image for socket {slug}, and {folder} "
                              f"holds {len(images)} images (need exactly one)")
         return images[0]
     if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-        raise InputError(f"inputs.json: socket {interface['slug']} has an invalid image.name {name!r}")
+        raise InputError(f"inputs.json: socket {slug} has an invalid image.name {name!r}")
     path = folder / name
     if not path.is_file():
         raise InputError(f"image file not found: {path}")
@@ -369,16 +412,171 @@ def read_stack(*, path: Path) -> np.ndarray:
 
 def fit_pages(pages: np.ndarray, *, height: int, width: int) -> np.ndarray:
     """Centre-crop each axis that is too large and centre-pad with black each that is too small."""
-    count, page_height, page_width, channels = pages.shape
-    if (page_height, page_width) == (height, width):
-        return pages
-    log(f"pages of {page_height}x{page_width} centre-cropped/padded to {height}x{width}")
-    top, left = max((page_height - height) // 2, 0), max((page_width - width) // 2, 0)
-    cropped = pages[:, top:top + height, left:left + width]
-    fitted = np.zeros((count, height, width, channels), dtype=np.uint8)
-    pad_top, pad_left = (height - cropped.shape[1]) // 2, (width - cropped.shape[2]) // 2
-    fitted[:, pad_top:pad_top + cropped.shape[1], pad_left:pad_left + cropped.shape[2]] = cropped
-    return fitted
+    if pages.shape[1:3] != (height, width):
+        log(f"pages of {pages.shape[1]}x{pages.shape[2]} centre-cropped/padded to {height}x{width}")
+    return crops.fit_centred(pages, height=height, width=width)
+
+
+# ---------------------------------------------------------------------------------------------
+# whole image and candidate points
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a 2-D image's pixels lie in physical space, as SimpleITK reads it (mm, x before y)."""
+
+    spacing: np.ndarray  # (2,) mm per pixel
+    origin: np.ndarray  # (2,) the centre of pixel (0, 0)
+    direction: np.ndarray  # (2, 2) the axes' directions, identity for TIFF
+
+    def to_pixels(self, points_mm: np.ndarray) -> np.ndarray:
+        """(N, 2) physical (x, y) -> (N, 2) continuous pixel (x, y): (mm - origin) / spacing, direction undone."""
+        return np.linalg.solve(self.direction, (points_mm - self.origin).T).T / self.spacing
+
+    def to_mm(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, 2) continuous pixel (x, y) -> (N, 2) physical (x, y): the inverse of to_pixels."""
+        return self.origin + (pixels * self.spacing) @ self.direction.T
+
+
+def read_roi(*, path: Path) -> tuple[np.ndarray, Geometry]:
+    """A whole region-of-interest image as (H, W, 3) uint8, and where its pixels lie."""
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise InputError(f"cannot read image {path}: {sitk_reason(error)}") from error
+    dimension, size = image.GetDimension(), image.GetSize()
+    if not (dimension == 2 or (dimension == 3 and size[2] == 1)):
+        raise InputError(f"{path}: a {dimension}-D image of size {size}; expected one 2-D region of interest")
+    pixels = sitk.GetArrayFromImage(image).reshape(size[1], size[0], -1)  # (H, W, C)
+    if pixels.size == 0:
+        raise InputError(f"{path}: the image is empty (size {size})")
+    direction = np.array(image.GetDirection()).reshape(dimension, dimension)[:2, :2]
+    if abs(np.linalg.det(direction)) < 1e-6:
+        raise InputError(f"{path}: its direction matrix {image.GetDirection()} does not span the image plane")
+    geometry = Geometry(spacing=np.array(image.GetSpacing()[:2]), origin=np.array(image.GetOrigin()[:2]),
+                        direction=direction)
+    return to_rgb(to_uint8(pixels[np.newaxis], path=path), path=path)[0], geometry
+
+
+def is_finite_number(value: Any) -> bool:
+    """A JSON number that a float holds: not NaN, not infinite, not an integer of 400 digits."""
+    try:
+        return is_number(value) and math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def json_type(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+
+
+def points_value(socket: dict[str, Any], *, input_dir: Path) -> tuple[Any, str]:
+    """A Multiple points socket's JSON: its inline `value`, else its file; and where it came from."""
+    if socket.get("value") is not None:
+        return socket["value"], f"inputs.json socket {POINTS_SLUG}"
+    path = socket_path(socket, input_dir=input_dir)
+    if not path.is_file():
+        raise InputError(f"points file not found: {path} (socket {POINTS_SLUG} has no inline value)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), str(path)
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"cannot read {path}: {one_line(error)}") from error
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path} is not valid JSON: {error}") from error
+
+
+def parse_points(value: Any, *, source: str) -> list[list[float]]:
+    """The `point` of each entry of a Multiple points object, as given: [x, y, z] in mm."""
+    if not isinstance(value, dict):
+        raise InputError(f"{source}: a JSON {json_type(value)}, expected a Multiple points object")
+    if value.get("type") not in POINTS_TYPES:
+        raise InputError(f"{source}: type is {value.get('type')!r}, expected 'Multiple points'")
+    if value["type"] != POINTS_TYPES[0]:
+        log(f"{source}: type {value['type']!r} (the Track 1 reference's spelling) read as {POINTS_TYPES[0]!r}")
+    entries = value.get("points")
+    if not isinstance(entries, list):
+        raise InputError(f"{source}: 'points' is a JSON {json_type(entries)}, expected an array")
+    for index, entry in enumerate(entries):
+        point = entry.get("point") if isinstance(entry, dict) else None
+        if not (isinstance(point, list) and len(point) == 3
+                and all(map(is_finite_number, point))):
+            text = one_line(json.dumps(entry))
+            raise InputError(f"{source}: points[{index}] is {text if len(text) <= 100 else text[:97] + '...'}, "
+                             "expected an object whose 'point' is three numbers [x, y, z] in mm")
+    return [entry["point"] for entry in entries]
+
+
+def read_points_csv(*, path: Path) -> np.ndarray:
+    """(N, 2) pixel points (x, y) from a CSV whose header names columns x and y (other columns ignored)."""
+    if not path.is_file():
+        raise InputError(f"points file not found: {path}")
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            rows = [(line, row) for line, row in enumerate(csv.reader(handle), start=1) if any(map(str.strip, row))]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"cannot read {path}: {one_line(error)}") from error
+    header = [cell.strip().lower() for cell in rows[0][1]] if rows else []
+    if "x" not in header or "y" not in header:
+        raise InputError(f"{path}: the first line must be a header naming columns x and y (pixels: x the column, "
+                         f"y the row), found {rows[0][1] if rows else 'an empty file'}")
+    columns = header.index("x"), header.index("y")
+    points = []
+    for line, row in rows[1:]:
+        try:
+            point = [float(row[column]) for column in columns]
+        except (IndexError, ValueError):
+            point = []
+        if len(point) != 2 or not all(map(math.isfinite, point)):
+            raise InputError(f"{path}: line {line} ({','.join(row)}) has no number in column x or y")
+        points.append(point)
+    return np.array(points, dtype=np.float64).reshape(-1, 2)
+
+
+def read_candidates(*, sockets: list[dict[str, Any]], input_dir: Path,
+                    geometry: Geometry) -> tuple[list[list[float]], np.ndarray]:
+    """The candidate points, as the output writes them ([x, y, z] mm) and as (N, 2) pixels of the image."""
+    given = [slug for slug in (POINTS_SLUG, CSV_SLUG) if any(s["interface"]["slug"] == slug for s in sockets)]
+    if len(given) != 1:
+        raise InputError(f"the {ROI_SLUG} image needs one socket of candidate points, {POINTS_SLUG} "
+                         f"(Multiple points, mm) or {CSV_SLUG} (CSV of x,y pixels); inputs.json has "
+                         f"{' and '.join(given) or 'neither'}")
+    socket = socket_by_slug(sockets, given[0])
+    if given[0] == POINTS_SLUG:
+        value, source = points_value(socket, input_dir=input_dir)
+        points_mm = parse_points(value, source=source)
+        log(f"{len(points_mm)} points (mm) from {source}")
+        pixels = geometry.to_pixels(np.array([point[:2] for point in points_mm], np.float64).reshape(-1, 2))
+        return points_mm, pixels
+    path = socket_path(socket, input_dir=input_dir)
+    pixels = read_points_csv(path=path)
+    log(f"{len(pixels)} points (pixels) from {path}")
+    return [[float(x), float(y), 0.0] for x, y in geometry.to_mm(pixels)], pixels
+
+
+def require_inside(points_mm: list[list[float]], pixels: np.ndarray, *, height: int, width: int) -> None:
+    """An error naming the first point whose centre pixel is not a pixel of the image."""
+    outside = np.flatnonzero(~crops.inside(pixels, height=height, width=width))
+    if outside.size:
+        first = int(outside[0])
+        raise InputError(f"point {first}, {points_mm[first]} mm = pixel ({pixels[first, 0]:.1f}, "
+                         f"{pixels[first, 1]:.1f}), lies outside the {width}x{height} image ({outside.size} of "
+                         f"{len(pixels)} points lie outside; one near the edge but on the image gets a crop padded "
+                         "with black)")
+
+
+def cut_patches(image: np.ndarray, pixels: np.ndarray, *, geometry: Geometry, model: Model) -> np.ndarray:
+    """One model-sized crop per point, from the image resampled to 0.25 um/px when its spacing is not a 40x one."""
+    spacing_um = tuple(float(value) * 1000.0 for value in geometry.spacing)
+    resample = crops.needs_resampling(spacing_um)
+    low, high = crops.PLAUSIBLE_SPACING_UM
+    if resample:
+        log(f"spacing {spacing_um[0]:.4g} x {spacing_um[1]:.4g} um/px: resampled to "
+            f"{crops.TARGET_SPACING_UM} um/px before cropping")
+    elif not all(low <= value <= high for value in spacing_um):
+        log(f"spacing {spacing_um[0]:.4g} x {spacing_um[1]:.4g} um/px is no microscope's (none in the file?): "
+            "crops cut at the image's own resolution, mm read with that spacing")
+    return crops.crop_points(image, pixels, size=(model.height, model.width),
+                             spacing_um=spacing_um if resample else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,9 +624,34 @@ def classify_stack(*, sockets: list[dict[str, Any]], input_dir: Path, model: Mod
     return {STACK_OUTPUT: results}
 
 
+def classify_points(*, sockets: list[dict[str, Any]], input_dir: Path, model: Model) -> dict[str, Any]:
+    """Whole image + candidate points: each point, in input order, named by class, with P(atypical)."""
+    path = socket_image_path(socket_by_slug(sockets, ROI_SLUG), input_dir=input_dir)
+    log(f"input {path}")
+    started = time.perf_counter()
+    image, geometry = read_roi(path=path)
+    points_mm, pixels = read_candidates(sockets=sockets, input_dir=input_dir, geometry=geometry)
+    spacing_um = " x ".join(f"{value * 1000:.4g}" for value in geometry.spacing)
+    log(f"read a {image.shape[1]}x{image.shape[0]} image at {spacing_um} um/px and {len(pixels)} points, "
+        f"{elapsed_ms(started)}")
+    require_inside(points_mm, pixels, height=image.shape[0], width=image.shape[1])
+    started = time.perf_counter()
+    patches = cut_patches(image, pixels, geometry=geometry, model=model)
+    probabilities = predict(model, patches) if len(patches) else np.zeros(0, np.float32)
+    log(f"crop and infer {len(patches)} points in {-(-len(patches) // BATCH_SIZE)} run(s), {elapsed_ms(started)}")
+    negative, positive = model.classes
+    points = [
+        {"name": f"{positive if probability >= model.threshold else negative} mitotic figure",
+         "point": point, "probability": probability}
+        for point, probability in zip(points_mm, map(float, probabilities))
+    ]
+    return {POINTS_OUTPUT: {"type": POINTS_TYPES[0], "points": points, "version": POINTS_VERSION}}
+
+
 Handler = Callable[..., dict[str, Any]]
-# slug -> handler(sockets=, input_dir=, model=) returning {output file name: JSON payload}.
-SOCKET_HANDLERS: dict[str, Handler] = {STACK_SLUG: classify_stack}
+# slug -> handler(sockets=, input_dir=, model=) returning {output file name: JSON payload}. The points
+# interface is keyed by its image; the handler finds the points socket beside it.
+SOCKET_HANDLERS: dict[str, Handler] = {STACK_SLUG: classify_stack, ROI_SLUG: classify_points}
 
 
 def write_json(*, path: Path, payload: Any) -> None:

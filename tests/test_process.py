@@ -445,12 +445,30 @@ def test_process_imports_nothing_heavy(make_case, fake_model_dir, tmp_path):
     assert modules.isdisjoint(HEAVY_MODULES), sorted(modules & set(HEAVY_MODULES))
 
 
-def test_process_source_imports_only_stdlib_numpy_simpleitk_onnxruntime():
-    tree = ast.parse((REPO / "process.py").read_text())
+def imported_modules(path: Path) -> set[str]:
+    """Top-level names of every module a source file imports, anywhere in it."""
     imported = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add((node.module or "").split(".")[0] if node.level == 0 else "<relative>")
-    assert imported - set(sys.stdlib_module_names) == {"numpy", "SimpleITK", "onnxruntime"}
+    return imported - set(sys.stdlib_module_names)
+
+
+def test_process_source_imports_only_stdlib_numpy_simpleitk_onnxruntime():
+    # crops.py is the one project module the container copies beside process.py (see the Dockerfile)
+    assert imported_modules(REPO / "process.py") == {"numpy", "SimpleITK", "onnxruntime", "crops"}
+    assert imported_modules(REPO / "crops.py") == {"numpy", "SimpleITK"}
+
+
+def test_the_image_gets_every_project_module_process_imports():
+    """The Dockerfile copies, and .dockerignore lets through, process.py and each local module it imports."""
+    local = {name for name in imported_modules(REPO / "process.py") if (REPO / f"{name}.py").is_file()}
+    copied = set()
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY ") and line.rstrip().endswith("/opt/app/"):
+            copied |= set(line.split()[1:-1])
+    allowed = {line[1:] for line in (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")}
+    for name in {"process.py", *(f"{module}.py" for module in local)}:
+        assert name in copied and name in allowed, name
