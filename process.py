@@ -84,6 +84,10 @@ POINTS_VERSION = {"major": 1, "minor": 0}
 IMAGE_SUFFIXES = (".tif", ".tiff", ".mha")
 BATCH_SIZE = 64  # pages per session.run: bounds activation memory for long stacks
 MODEL_FORMAT_VERSION = 1
+# "p_atypical": P(atypical) whatever the class (the Track 2 contract this project follows);
+# "predicted_class": the probability of the class given (P if atypical, else 1 - P), which is what
+# the organisers' published evaluation code turns back into P(atypical). model.json chooses.
+CONFIDENCE_MEANINGS = ("p_atypical", "predicted_class")
 
 
 class InputError(Exception):
@@ -102,6 +106,7 @@ class Model:
     width: int
     classes: tuple[str, str]
     threshold: float
+    confidence: str  # what the stack output's "confidence" means: one of CONFIDENCE_MEANINGS
 
     @property
     def provider(self) -> str:
@@ -263,6 +268,22 @@ def read_model_spec(model_json: Path) -> dict[str, Any]:
     return spec
 
 
+def confidence_meaning(spec: dict[str, Any], *, model_json: Path) -> str:
+    """model.json's optional "confidence" key (default "p_atypical"), checked."""
+    meaning = spec.get("confidence", CONFIDENCE_MEANINGS[0])
+    if meaning not in CONFIDENCE_MEANINGS:
+        raise InputError(f"{model_json}: confidence is {meaning!r}; expected one of {list(CONFIDENCE_MEANINGS)}")
+    return meaning
+
+
+def stack_entry(probability: float, model: Model) -> dict[str, Any]:
+    """One page's output: its class by the threshold, and its confidence as model.json asks."""
+    negative, positive = model.classes
+    atypical = probability >= model.threshold
+    confidence = probability if atypical or model.confidence == "p_atypical" else 1.0 - probability
+    return {"class": positive if atypical else negative, "confidence": float(confidence)}
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -336,6 +357,7 @@ def load_model(*, model_dir: Path) -> Model:
         width=spec["input"]["width"],
         classes=tuple(spec["classes"]),
         threshold=float(spec["threshold"]),
+        confidence=confidence_meaning(spec, model_json=model_dir / "model.json"),
     )
 
 
@@ -606,7 +628,7 @@ def predict(model: Model, pages: np.ndarray) -> np.ndarray:
 
 
 def classify_stack(*, sockets: list[dict[str, Any]], input_dir: Path, model: Model) -> dict[str, Any]:
-    """Track 2: one class + P(atypical) per page of the stacked cropouts."""
+    """Track 2: one class + confidence (P(atypical) by default) per page of the stacked cropouts."""
     path = socket_image_path(socket_by_slug(sockets, STACK_SLUG), input_dir=input_dir)
     log(f"input {path}")
     started = time.perf_counter()
@@ -616,12 +638,7 @@ def classify_stack(*, sockets: list[dict[str, Any]], input_dir: Path, model: Mod
     started = time.perf_counter()
     probabilities = predict(model, pages)
     log(f"infer {len(pages)} pages in {-(-len(pages) // BATCH_SIZE)} run(s), {elapsed_ms(started)}")
-    negative, positive = model.classes
-    results = [
-        {"class": positive if probability >= model.threshold else negative, "confidence": probability}
-        for probability in map(float, probabilities)
-    ]
-    return {STACK_OUTPUT: results}
+    return {STACK_OUTPUT: [stack_entry(probability, model) for probability in map(float, probabilities)]}
 
 
 def classify_points(*, sockets: list[dict[str, Any]], input_dir: Path, model: Model) -> dict[str, Any]:

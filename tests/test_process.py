@@ -328,6 +328,7 @@ MODEL_FAULTS = {
     "sha256 mismatch": (corrupt_onnx, "sha256"),
     "wrong output name": (lambda d: set_key(d, "output", {"name": "logits"}), "logits"),
     "NaN output": (lambda d: rewrite_graph(d, bias=float("nan")), "NaN"),
+    "unknown confidence meaning": (lambda d: set_key(d, "confidence", "p_normal"), "confidence"),
 }
 
 
@@ -339,6 +340,25 @@ def test_bad_model(make_case, tmp_path, fault):
     damage(model_dir)
     output_dir = tmp_path / "output"
     assert_failed(run_process(input_dir, output_dir, model_dir), output_dir, mentions)
+
+
+def test_confidence_of_the_predicted_class_when_model_json_asks(make_case, tmp_path):
+    pages = brightness_pages([40, 120, 200, 250])
+    model_dir = write_fake_model(tmp_path / "model", threshold=0.5)
+    set_key(model_dir, "confidence", "predicted_class")
+    output_dir = tmp_path / "output"
+    completed = run_process(make_case(pages), output_dir, model_dir)
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads((output_dir / "multiple-mitotic-figure-classification.json").read_text())
+    probabilities = fake_probability(pages)
+    for entry, probability in zip(result, probabilities):
+        atypical = probability >= 0.5
+        assert entry["class"] == ("atypical" if atypical else "normal")
+        assert entry["confidence"] == pytest.approx(probability if atypical else 1 - probability, abs=1e-6)
+        assert entry["confidence"] >= 0.5  # the confidence of whichever class was given
+        # what the organisers' evaluation code computes from it: P(atypical) again
+        recovered = entry["confidence"] if entry["class"] == "atypical" else 1 - entry["confidence"]
+        assert recovered == pytest.approx(probability, abs=1e-6)
 
 
 def test_write_leaves_nothing_behind_on_failure(tmp_path, monkeypatch):

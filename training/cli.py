@@ -94,7 +94,7 @@ def export_entry(args) -> int:
 
     views = DIHEDRAL_VIEWS if args.dihedral else args.views
     export_model(_fold_folders(args.runs), args.out, name=args.name, views=views, data_root=args.data_root,
-                 fp16=args.fp16)
+                 fp16=args.fp16, confidence=args.confidence)
     return 0
 
 
@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--views", nargs="+", default=None,
                         help="test-time views (default: the training config's, identity + vflip as the seed paper)")
     export.add_argument("--dihedral", action="store_true", help="use all eight flips/rotations as test-time views")
+    export.add_argument("--confidence", choices=["p_atypical", "predicted_class"], default="p_atypical",
+                        help="what the stack output's confidence means: P(atypical) whatever the class (default), or "
+                             "the probability of the class given (see README: What the container does)")
     export.add_argument("--fp16", action="store_true",
                         help="float16 weights and arithmetic, for GPUs (checked against PyTorch to 1e-2)")
     export.add_argument("--data-root", help="dataset folder for the parity check, overriding the config's")

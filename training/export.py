@@ -153,10 +153,15 @@ def _install(staging: Path, out_dir: Path) -> None:
         shutil.move(str(new), out_dir / new.name)
 
 
+CONFIDENCE_MEANINGS = ("p_atypical", "predicted_class")  # as process.py reads them; see docs/model-format.md
+
+
 def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_root: str | None = None,
-                 fp16: bool = False) -> dict:
+                 fp16: bool = False, confidence: str = "p_atypical") -> dict:
     """Export `fold_folders` as one ensemble into `out_dir`; returns the model.json content."""
     started = time.perf_counter()
+    if confidence not in CONFIDENCE_MEANINGS:
+        raise ExportError(f"confidence must be one of {CONFIDENCE_MEANINGS}, got {confidence!r}")
     members = [load_member(folder) for folder in fold_folders]
     if not members:
         raise ExportError("no fold folders given")
@@ -184,6 +189,7 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
         metrics = {"oof": oof, "export_parity_max_abs_difference": difference}
         spec = _model_json(name, onnx_path, oof["threshold"], views, member_info, metrics, training)
         spec["precision"] = "float16" if fp16 else "float32"
+        spec["confidence"] = confidence
         (staging / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
         _install(staging, out_dir)
     size_mb = (out_dir / f"{name}.onnx").stat().st_size / 1e6
