@@ -27,7 +27,6 @@ python3.
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 

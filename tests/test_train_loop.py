@@ -157,6 +157,13 @@ def test_synthetic_images_close_the_class_gap_of_the_training_part_only(tiny_dat
         Image.fromarray(make_patch(rng, True)).save(fold_dir / f"s{index}.png")
         rows.append(f"s{index}.png,atypical,synthetic:fold0,true")
     (fold_dir / "manifest.csv").write_text("\n".join(rows) + "\n")
+    from training.splits import make_split, save_split
+
+    save_split(make_split(samples, n_folds=3, seed=9), tmp_path / "synth" / "split.json")
+    config = dataclasses.replace(tiny_config(root).synthetic, dir=str(tmp_path / "synth"))
+    with pytest.raises(ValueError, match="made on another split"):
+        synthetic_for_fold(dataclasses.replace(tiny_config(root), synthetic=config), samples, split, 0)
+    save_split(split, tmp_path / "synth" / "split.json")
 
     config = dataclasses.replace(tiny_config(root), synthetic=dataclasses.replace(
         tiny_config(root).synthetic, dir=str(tmp_path / "synth"), ratio=0.5))

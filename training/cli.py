@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from training.models import BACKBONES
+from training.synth.cli import add_synth_commands
 
 
 def _config_with_overrides(args):
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0, help="rendering seed (default: 0)")
     sample.add_argument("--pages", type=int, default=16, help="number of pages of the stack (default: 16)")
     sample.set_defaults(entry=make_sample_entry)
+    add_synth_commands(commands)
     return parser
 
 

@@ -95,7 +95,7 @@ class ExperimentConfig:
     tta_views: list = field(default_factory=lambda: ["identity", "vflip"])
 
 
-def _build(cls, values: dict, where: str):
+def build_dataclass(cls, values: dict, where: str):
     """Instantiate dataclass `cls` from a dict, recursing into nested dataclasses."""
     if not isinstance(values, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
@@ -107,7 +107,7 @@ def _build(cls, values: dict, where: str):
     for name, value in values.items():
         default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING else None
         if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+            kwargs[name] = build_dataclass(type(default), value, f"{where}.{name}")
         else:
             kwargs[name] = value
     return cls(**kwargs)
@@ -115,7 +115,7 @@ def _build(cls, values: dict, where: str):
 
 def config_from_dict(values: dict, where: str = "config") -> ExperimentConfig:
     """An ExperimentConfig from plain data (as read from YAML)."""
-    return _build(ExperimentConfig, values, where)
+    return build_dataclass(ExperimentConfig, values, where)
 
 
 def load_config(name_or_path: str) -> ExperimentConfig:

@@ -19,7 +19,7 @@ from training.config import ExperimentConfig, save_config
 from training.data import labels_of, load_images, read_dataset, read_manifest
 from training.metrics import best_threshold, binary_metrics, cross_validated_threshold_metrics
 from training.report import write_report
-from training.splits import fold_indices, load_split, save_split, split_for
+from training.splits import fold_fingerprint, fold_indices, load_split, save_split, split_for
 from training.train import OOF_COLUMNS, read_oof, train_fold
 
 
@@ -55,10 +55,15 @@ def synthetic_for_fold(config: ExperimentConfig, samples, split: dict, fold) -> 
     """The synthetic atypical samples fold `fold` trains with: `ratio` x its class gap, from its own generator."""
     if not config.synthetic.dir:
         return []
-    manifest = Path(config.synthetic.dir) / f"fold_{fold}" / "manifest.csv"
+    generator_dir = Path(config.synthetic.dir)
+    manifest = generator_dir / f"fold_{fold}" / "manifest.csv"
     if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest}: no synthetic images for fold {fold} "
-                                f"(make them with `python -m training synth sample --balance`)")
+        raise FileNotFoundError(f"{manifest}: no synthetic images for fold {fold} (make them with "
+                                f"`python -m training synth all --fold {fold} --split <this run's split.json>`)")
+    generator_split = generator_dir / "split.json"
+    if not generator_split.is_file() or fold_fingerprint(load_split(generator_split), fold) != fold_fingerprint(split, fold):
+        raise ValueError(f"{generator_dir}: its generator for fold {fold} was made on another split, so it may have "
+                         f"seen this fold's validation slides; make it with --split <this run's split.json>")
     available = [s for s in read_manifest(manifest) if s.label == 1]
     train_index, _ = fold_indices(split, samples, fold)
     counts = np.bincount(labels_of([samples[i] for i in train_index]), minlength=2)

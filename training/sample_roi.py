@@ -147,7 +147,7 @@ def points_json() -> dict:
 
 
 def write_roi_case(folder: Path, seed: int = 0) -> Path:
-    """Write `folder/inputs.json`, the image under `folder/images/histopathology-roi-cropout/` and `folder/mitotic-figures.json`."""
+    """Write the case: `inputs.json`, the image under `images/histopathology-roi-cropout/`, `mitotic-figures.json`."""
     folder = Path(folder)
     write_roi(folder / ROI_RELATIVE_PATH / SAMPLE_NAME, render_roi(seed))
     (folder / POINTS_FILE).write_text(json.dumps(points_json(), indent=4) + "\n")

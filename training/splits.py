@@ -6,6 +6,7 @@ backbones line up sample by sample. No slide is ever in both the training and va
 a fold (patches of one slide share staining, scanner and often the same tumour region).
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -75,6 +76,13 @@ def save_split(split: dict, path: Path) -> None:
 def load_split(path: Path) -> dict:
     """Read a split written by save_split."""
     return json.loads(Path(path).read_text())
+
+
+def fold_fingerprint(split: dict, fold: int) -> str:
+    """sha256 of fold `fold`'s validation ids and slides: equal fingerprints, equal held-out data."""
+    entry = split["folds"][int(fold)]
+    payload = json.dumps({"val_ids": sorted(entry["val_ids"]), "val_slides": sorted(entry["val_slides"])})
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def fold_indices(split: dict, samples: list[Sample], fold: int | str) -> tuple[np.ndarray, np.ndarray]:

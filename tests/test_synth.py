@@ -1,0 +1,281 @@
+"""The synthetic-figure generator at tiny sizes: networks, no-leakage rules, resume, sampling, quality,
+and synthetic-balanced cross-validation fed by the sampler's manifests."""
+
+import csv
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+import training.synth.trainer as trainer_module
+from tests.amibr_fixture import write_amibr
+from training.config import DataConfig, config_from_dict
+from training.data import read_amibr, read_manifest
+from training.synth.cli import add_synth_commands, build_parser, main
+from training.synth.config import synth_config_from_dict
+from training.synth.diffusion import create_diffusion
+from training.synth.networks import DIT_VARIANTS, create_dit, create_vae, dit_args
+from training.synth.quality import frechet_distance
+from training.synth.run import load_run, open_run
+from training.synth.sample import balance_count, default_options, write_samples
+
+TRAIN = {"steps": 6, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "log_every": 2, "checkpoint_every": 2,
+         "ema_decay": 0.99}
+LARGE_VARIANTS = {"DiT-B/2", "DiT-L/2"}
+
+
+def tiny_synth_values(root) -> dict:
+    """A generator config small enough for seconds on one core: 16x16x4 latents, one DiT block."""
+    return {"name": "tiny", "data": {"kind": "amibr", "root": str(root)}, "views": ["identity", "vflip"],
+            "vae": {"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 4, "crop": 32,
+                    "train": {**TRAIN, "ema_decay": 0.0}},
+            "dit": {"variant": "DiT-test/2"}, "diffusion": {"steps": 2},
+            "pretrain": TRAIN, "finetune": TRAIN, "sample": {"batch_size": 8}, "quality": {"n_per_class": 6},
+            "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny AMi-Br, a real-only classifier run on it (2 folds) and a generator for both folds."""
+    from training.crossval import run_crossval
+
+    base = tmp_path_factory.mktemp("synth")
+    root = write_amibr(base / "amibr", n_slides=6, per_slide=8)
+    classifier = config_from_dict({
+        "name": "real", "backbone": "resnet10t_slim", "input_crop": 64, "data": {"kind": "amibr", "root": str(root)},
+        "split": {"n_folds": 2}, "optim": {"epochs": 1, "batch_size": 8, "warmup_epochs": 0, "threads": 1,
+                                           "tensorboard": False}})
+    run_crossval(classifier, base / "real", show_progress=False)
+    (base / "tiny.yaml").write_text(yaml.safe_dump(tiny_synth_values(root)))
+    assert main(["all", "--config", str(base / "tiny.yaml"), "--out", str(base / "gen"), "--fold", "0", "1",
+                 "--split", str(base / "real" / "split.json"), "--quiet"]) == 0
+    return {"base": base, "root": root, "classifier": base / "real", "generator": base / "gen"}
+
+
+@pytest.mark.parametrize("variant", list(DIT_VARIANTS))
+def test_every_dit_variant_predicts_latent_shaped_output_and_trains(variant):
+    # The large variants (130 M and 460 M parameters) are built on the meta device: shapes and the
+    # backward graph are checked without the seconds and gigabytes of real weights.
+    device = torch.device("meta" if variant in LARGE_VARIANTS else "cpu")
+    torch.manual_seed(0)
+    with device:
+        model = create_dit(**dit_args(variant, latent_channels=4, latent_size=8))
+        latents, timesteps, labels = torch.randn(2, 4, 8, 8), torch.tensor([10, 900]), torch.tensor([0, 1])
+        output = model(latents, timesteps, labels)
+        assert output.shape == (2, 4, 8, 8)
+        assert device.type == "meta" or torch.isfinite(output).all()
+        output.square().mean().backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+        assert model.forward_with_cfg(latents, timesteps, labels, 3.0).shape == (2, 4, 8, 8)
+
+
+def test_guidance_mixes_conditional_and_null_class_predictions_and_labels_drop_only_when_asked():
+    torch.manual_seed(0)
+    model = create_dit(**dit_args("DiT-test/2", 4, 8))
+    for parameter in model.parameters():  # DiT's zero-initialised output would make every prediction 0
+        torch.nn.init.normal_(parameter, std=0.2)
+    latents, timesteps, labels = torch.randn(3, 4, 8, 8), torch.tensor([5, 50, 500]), torch.tensor([0, 1, 1])
+    model.train()  # diffusers would drop labels at random here, block by block; ours must not
+    conditional = model(latents, timesteps, labels)
+    assert torch.equal(conditional, model(latents, timesteps, labels))
+    unconditional = model(latents, timesteps, torch.full_like(labels, model.null_class))
+    guided = model.forward_with_cfg(latents, timesteps, labels, 2.5)
+    assert torch.allclose(guided, unconditional + 2.5 * (conditional - unconditional), atol=1e-5)
+    assert torch.equal(model.forward_with_cfg(latents, timesteps, labels, 1.0), conditional)
+
+
+def test_diffusion_loss_is_reproducible_from_its_generator_and_bad_settings_are_refused():
+    model = create_dit(**dit_args("DiT-test/2", 4, 8))
+    diffusion = create_diffusion(class_dropout=0.5)
+    latents, labels = torch.randn(4, 4, 8, 8), torch.tensor([0, 1, 0, 1])
+    first = diffusion.training_loss(model, latents, labels, torch.Generator().manual_seed(3))
+    assert torch.equal(first, diffusion.training_loss(model, latents, labels, torch.Generator().manual_seed(3)))
+    for sampler in ("dpm", "ddim", "ddpm"):
+        noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        out = diffusion.sample(model.eval(), noise, torch.tensor([1, 1]), steps=3, guidance=2.0, sampler=sampler,
+                               generator=torch.Generator().manual_seed(0))
+        assert out.shape == noise.shape and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="unknown sampler"):
+        create_diffusion(sampler="euler_a")
+    with pytest.raises(ValueError, match="prediction_type"):
+        create_diffusion(prediction_type="sample")
+    with pytest.raises(KeyError, match="unknown DiT variant"):
+        dit_args("DiT-XXL/2", 4, 8)
+
+
+def test_frechet_distance_is_zero_for_one_set_and_the_mean_shift_for_shifted_copies():
+    features = np.random.default_rng(0).normal(size=(400, 6))
+    assert abs(frechet_distance(features, features)) < 1e-6
+    shift = np.array([1.0, -2.0, 0, 0, 0, 0])
+    assert abs(frechet_distance(features, features + shift) - 5.0) < 1e-6
+
+
+def test_all_writes_each_fold_its_own_generator_trained_without_its_validation_slides(workspace):
+    run = load_run(workspace["generator"])
+    split = json.loads((workspace["classifier"] / "split.json").read_text())
+    for fold in (0, 1):
+        fold_dir = run.fold_dir(fold)
+        val_slides = set(split["folds"][fold]["val_slides"])
+        for stage in ("vae", "pretrain", "finetune"):
+            provenance = json.loads((fold_dir / stage / "provenance.json").read_text())
+            assert provenance["fold"] == fold and provenance["finished"]
+            assert provenance["excluded_validation_slides"] == len(val_slides)
+            assert (fold_dir / stage / "summary.json").is_file() and not (fold_dir / stage / "resume.pt").exists()
+        assert {s.slide for s in run.fold_data(fold).pretrain}.isdisjoint(val_slides)
+        assert (fold_dir / "finetune" / "ema.safetensors").is_file()
+        assert json.loads((fold_dir / "finetune" / "model_args.json").read_text())["variant"] == "DiT-test/2"
+        assert len((fold_dir / "pretrain" / "metrics.csv").read_text().splitlines()) == 1 + 3
+        rows = read_manifest(fold_dir / "manifest.csv")
+        assert len(rows) == balance_count(run, fold, 1.0) > 0
+        assert all(r.synthetic and r.label == 1 and r.slide == f"synthetic:tiny:fold{fold}" for r in rows)
+        assert rows[0].domain == {"generator": f"tiny:fold{fold}", "guidance": "2.0", "steps": "2", "sampler": "dpm",
+                                  "seed": "0"}
+        with Image.open(rows[0].path) as image:
+            assert image.size == (128, 128) and image.mode == "RGB"
+
+
+def test_a_killed_dit_stage_resumes_to_the_same_weights(workspace, tmp_path, monkeypatch):
+    run = load_run(workspace["generator"])
+    fold_data = run.fold_data(0)
+    for name in ("straight", "killed"):
+        shutil.copytree(run.fold_dir(0) / "vae", tmp_path / name / "vae")
+    device = torch.device("cpu")
+    trainer_module.train_dit(run.config, tmp_path / "straight", fold_data, "pretrain", device, show_progress=False)
+
+    real_update, calls = trainer_module._Optimisation.update, []
+
+    def dies_at_the_fifth_step(self, loss):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_update(self, loss)
+
+    monkeypatch.setattr(trainer_module._Optimisation, "update", dies_at_the_fifth_step)
+    with pytest.raises(KeyboardInterrupt):
+        trainer_module.train_dit(run.config, tmp_path / "killed", fold_data, "pretrain", device, show_progress=False)
+    assert (tmp_path / "killed" / "pretrain" / "resume.pt").is_file()
+    monkeypatch.setattr(trainer_module._Optimisation, "update", real_update)
+    trainer_module.train_dit(run.config, tmp_path / "killed", fold_data, "pretrain", device, show_progress=False)
+    for weights in ("model.safetensors", "ema.safetensors"):
+        straight, resumed = (load_file(str(tmp_path / d / "pretrain" / weights)) for d in ("straight", "killed"))
+        assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert not torch.equal(*(load_file(str(tmp_path / "straight" / "pretrain" / w))["transformer.proj_out_2.weight"]
+                             for w in ("model.safetensors", "ema.safetensors")))
+    metrics = [(tmp_path / d / "pretrain" / "metrics.csv").read_text().splitlines() for d in ("straight", "killed")]
+    assert [row.split(",")[:3] for row in metrics[0]] == [row.split(",")[:3] for row in metrics[1]]
+
+
+def test_a_pretrained_vae_from_a_local_folder_is_used_instead_of_training_one(workspace, tmp_path):
+    vae = create_vae(block_out_channels=[8, 8, 8, 8], layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                     image_size=128)
+    vae.register_to_config(scaling_factor=0.5)
+    vae.save_pretrained(str(tmp_path / "local-vae"))
+    values = {**tiny_synth_values(workspace["root"]), "vae": {"pretrained": str(tmp_path / "local-vae")}}
+    config = synth_config_from_dict(values)
+    run = open_run(config, tmp_path / "gen", workspace["classifier"] / "split.json")
+    device = torch.device("cpu")
+    summary = trainer_module.train_vae(run.config, run.fold_dir(0), run.fold_data(0), device, show_progress=False)
+    assert summary == {"source": "pretrained", "scaling_factor": 0.5}
+    assert not (run.fold_dir(0) / "vae" / "config.json").exists()  # a pointer, not a copy
+    codec = trainer_module.fold_vae(run.fold_dir(0), run.fold_data(0))
+    assert codec.scale == 0.5 and codec.latent_shape(128) == (4, 16)
+    trainer_module.train_dit(run.config, run.fold_dir(0), run.fold_data(0), "pretrain", device, show_progress=False)
+    with pytest.raises(FileNotFoundError, match="no AutoencoderKL"):
+        trainer_module.load_vae(tmp_path)
+
+
+def test_sampling_is_seeded_image_by_image_and_resumes_missing_images(workspace, tmp_path):
+    run = load_run(workspace["generator"])
+    device = torch.device("cpu")
+    options = default_options(run, batch_size=2)
+    first = write_samples(run, 1, label=0, n=3, dest=tmp_path / "a", options=options, device=device, show_progress=False)
+    second = write_samples(run, 1, label=0, n=3, dest=tmp_path / "b", options=dataclasses.replace(options, batch_size=3),
+                           device=device, show_progress=False)
+    pixels = [[np.asarray(Image.open(s.path)) for s in read_manifest(m)] for m in (first, second)]
+    assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(*pixels))
+    (tmp_path / "a" / "images" / "normal_000001.png").unlink()
+    write_samples(run, 1, label=0, n=3, dest=tmp_path / "a", options=options, device=device, show_progress=False)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / "images" / "normal_000001.png")), pixels[0][1])
+    with pytest.raises(ValueError, match="other settings"):
+        write_samples(run, 1, label=0, n=3, dest=tmp_path / "a", options=dataclasses.replace(options, guidance=4.0),
+                      device=device, show_progress=False)
+
+
+def test_quality_report_compares_with_held_out_patches_and_writes_a_synthetic_only_gallery(workspace, capsys):
+    assert main(["quality", str(workspace["generator"]), "--fold", "0", "--classifier", str(workspace["classifier"]),
+                 "--quiet"]) == 0
+    out_dir = workspace["generator"] / "fold_0" / "quality"
+    report = json.loads((out_dir / "quality.json").read_text())
+    n_val = len(json.loads((workspace["classifier"] / "split.json").read_text())["folds"][0]["val_ids"])
+    atypical, normal = report["per_class"]["atypical"], report["per_class"]["normal"]
+    assert atypical["n_real_validation"] + normal["n_real_validation"] == n_val
+    assert atypical["n_synthetic"] == normal["n_synthetic"] == 6
+    assert 0 <= atypical["two_sample_auroc"] <= 1 and atypical["frechet_distance"] >= 0
+    assert 0 <= atypical["share_called_atypical_synthetic"] <= 1
+    results = json.loads((workspace["classifier"] / "results.json").read_text())
+    assert report["judge"]["threshold"] == results["oof"]["threshold"]
+    assert (out_dir / "samples_normal" / "manifest.csv").is_file()  # the balance set holds atypical only
+    for name in ("quality.md", "gallery.png", "gallery_synthetic.png"):
+        assert (out_dir / name).stat().st_size > 0
+    assert "quality: fold 0" in capsys.readouterr().out
+
+
+def test_synthetic_balanced_crossval_trains_with_the_sampler_output_and_scores_real_patches_only(workspace):
+    from training.crossval import run_crossval
+
+    base = workspace["base"]
+    config = config_from_dict({
+        "name": "synth_balanced", "backbone": "resnet10t_slim", "input_crop": 64,
+        "data": {"kind": "amibr", "root": str(workspace["root"])}, "split": {"n_folds": 2},
+        "optim": {"epochs": 1, "batch_size": 8, "warmup_epochs": 0, "threads": 1, "tensorboard": False},
+        "synthetic": {"dir": str(workspace["generator"]), "ratio": 1.0}})
+    results = run_crossval(config, base / "balanced", split_path=workspace["classifier"] / "split.json",
+                           show_progress=False)
+    real_ids = {s.sample_id for s in read_amibr(workspace["root"])}
+    for fold in (0, 1):
+        summary = json.loads((base / "balanced" / f"fold_{fold}" / "summary.json").read_text())
+        manifest = workspace["generator"] / f"fold_{fold}" / "manifest.csv"
+        assert summary["n_train_synthetic"] == len(read_manifest(manifest)) > 0
+        with (base / "balanced" / f"fold_{fold}" / "oof_predictions.csv").open() as handle:
+            assert {row["sample_id"] for row in csv.DictReader(handle)} <= real_ids
+    assert results["oof"]["n"] == len(real_ids)
+
+
+def test_errors_name_the_problem(workspace, tmp_path, capsys):
+    generator = str(workspace["generator"])
+    assert main(["sample", generator, "--fold", "7", "--balance", "--quiet"]) == 1
+    assert "fold 7 is not in the split" in capsys.readouterr().err
+    assert main(["sample", generator, "--fold", "0", "--class", "mitotic", "--n", "2", "--quiet"]) == 1
+    assert "unknown class 'mitotic'" in capsys.readouterr().err
+    assert main(["sample", str(tmp_path), "--fold", "0", "--balance"]) == 1
+    assert "not a generator run folder" in capsys.readouterr().err
+    open_run(synth_config_from_dict(tiny_synth_values(workspace["root"])), tmp_path / "fresh",
+                     workspace["classifier"] / "split.json")
+    assert main(["sample", str(tmp_path / "fresh"), "--fold", "0", "--balance", "--quiet"]) == 1
+    assert "no finished finetune stage" in capsys.readouterr().err
+    other = synth_config_from_dict({**tiny_synth_values(workspace["root"]), "seed": 1})
+    with pytest.raises(ValueError, match="holds another config"):
+        open_run(other, tmp_path / "fresh")
+    leaking = synth_config_from_dict(tiny_synth_values(workspace["root"]))
+    leaking.extra_pretrain_data = [DataConfig(kind="amibr", root=str(workspace["root"]))]
+    with pytest.raises(ValueError, match="validation slides"):
+        open_run(leaking, tmp_path / "leaking", workspace["classifier"] / "split.json").fold_data(0)
+
+
+def test_every_step_explains_its_options_and_hooks_into_the_training_cli(capsys):
+    import argparse
+
+    for step in ("train-vae", "pretrain", "finetune", "sample", "quality", "all"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([step, "--help"])
+        assert "--fold" in capsys.readouterr().out
+    parser = argparse.ArgumentParser(prog="python -m training")
+    add_synth_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["synth", "sample", "runs/synth/x", "--fold", "0", "--balance"])
+    assert args.entry.__name__ == "sample_entry" and args.balance

@@ -1,0 +1,155 @@
+"""Generator configuration: one YAML per generator size, parsed once into dataclasses.
+
+The same habits as training/config.py (timm's `args.yaml`, nanoGPT's plain-data model args):
+unknown keys are an error, and every stage saves the resolved config next to its results.
+Shipped configs live in training/synth/configs/ (`synth_cpu`, `synth_gpu`).
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from training.config import DataConfig, build_dataclass
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class TrainConfig:
+    """One training stage's optimisation: AdamW, linear warm-up then constant or cosine, EMA.
+
+    `ema_decay` 0 keeps no EMA copy; with EMA the decay warms up (diffusers' EMAModel, power 3/4)
+    and the EMA weights are the ones sampled from (DiT's `find_model` prefers "ema").
+    """
+
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    schedule: str = "constant"  # "constant" or "cosine" after the warm-up
+    grad_clip: float = 1.0  # 0: no clipping
+    ema_decay: float = 0.9999
+    log_every: int = 50  # steps per row of metrics.csv
+    checkpoint_every: int = 200  # steps between resume points
+
+
+@dataclass
+class VAEConfig:
+    """The latent space: a pretrained AutoencoderKL from a local folder, or one trained per fold.
+
+    `pretrained` names a folder in diffusers' `save_pretrained` layout (e.g. a local copy of an SD
+    VAE such as stabilityai/sd-vae-ft-ema); it must not have been trained on the evaluation data.
+    Otherwise a small AutoencoderKL is trained from scratch for each fold on that fold's
+    pre-training images, on random `crop` x `crop` pieces (it is convolutional, so it then encodes
+    whole patches). Loss: L1 reconstruction + `kl_weight` x KL (no perceptual or adversarial term:
+    their networks would need downloaded weights), so reconstructions are smoother than an SD VAE's.
+    """
+
+    pretrained: str | None = None
+    block_out_channels: list = field(default_factory=lambda: [32, 64, 128, 128])
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    norm_num_groups: int = 16
+    crop: int = 64
+    kl_weight: float = 1e-6
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=2000, batch_size=16, lr=2e-4, warmup_steps=100, ema_decay=0.0))
+
+
+@dataclass
+class DiTConfig:
+    """The class-conditional diffusion transformer: a variant from networks.DIT_VARIANTS."""
+
+    variant: str = "DiT-T/2"
+    class_dropout: float = 0.1  # fine-tuning: share of labels replaced by the null class (for guidance)
+
+
+@dataclass
+class DiffusionConfig:
+    """The noise process (diffusers schedulers) and the default sampler settings."""
+
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"  # DiT's: linear betas 1e-4 .. 0.02
+    prediction_type: str = "epsilon"  # or "v_prediction"
+    sampler: str = "dpm"  # "dpm" (DPM-Solver++), "ddim" or "ddpm"; see diffusion.SAMPLERS
+    steps: int = 20
+    guidance: float = 2.0  # classifier-free guidance scale; 1 = none
+
+
+@dataclass
+class SampleConfig:
+    """Balance sets: how many synthetic atypical images each fold gets, and how they are drawn."""
+
+    ratio: float = 1.0  # times the fold's training gap n_normal - n_atypical
+    batch_size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class QualityConfig:
+    """How many synthetic images per class the quality report compares with the real ones."""
+
+    n_per_class: int = 200
+    gallery_columns: int = 8
+
+
+@dataclass
+class SynthConfig:
+    """Everything that defines one generator; saved, resolved, in its run folder.
+
+    `split` is the classifier run's split JSON: the generator for fold k is trained without fold
+    k's validation slides of that very split. `extra_pretrain_data` lists further datasets
+    ({kind, root[, slides]}) for the pre-training stage and the VAE only; they are assumed
+    disjoint from the evaluation data (they are checked for shared slide names and files).
+    """
+
+    name: str = "synth"
+    data: DataConfig = field(default_factory=DataConfig)
+    split: str | None = None
+    extra_pretrain_data: list = field(default_factory=list)
+    image_size: int = 128
+    views: list = field(default_factory=lambda: ["identity", "vflip", "hflip", "rot180"])
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
+    finetune: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    seed: int = 0
+    threads: int = 0  # 0: every core this process may use
+    device: str = "auto"  # "auto": CUDA when present, else CPU
+    amp: bool = True  # bfloat16 autocast, on CUDA only
+
+
+def synth_config_from_dict(values: dict, where: str = "synth config") -> SynthConfig:
+    """A SynthConfig from plain data (as read from YAML); extra datasets become DataConfigs."""
+    config = build_dataclass(SynthConfig, values, where)
+    config.extra_pretrain_data = [
+        entry if isinstance(entry, DataConfig) else build_dataclass(DataConfig, entry, f"{where}.extra_pretrain_data[{i}]")
+        for i, entry in enumerate(config.extra_pretrain_data)]
+    return config
+
+
+def load_synth_config(name_or_path: str) -> SynthConfig:
+    """Read a config by path, or by name from training/synth/configs/."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+        raise FileNotFoundError(f"no generator config {name_or_path!r} (a YAML path, or one of: {known})")
+    return synth_config_from_dict(yaml.safe_load(path.read_text()) or {}, where=str(path))
+
+
+def config_text(config: SynthConfig) -> str:
+    """The resolved config as YAML text (also what resume points compare)."""
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+
+
+def save_synth_config(config: SynthConfig, path: Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(config_text(config))

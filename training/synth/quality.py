@@ -1,0 +1,222 @@
+"""How good are a fold's synthetic patches? Measured against real patches the generator never saw.
+
+Real patches are fold k's validation part (held out from every stage of fold k's generator), and
+the judge is fold k's real-only classifier (trained without them too). Figures, per class:
+- Fréchet distance between real and synthetic feature sets (FID's formula, Heusel et al. 2017),
+  on the classifier's penultimate-layer features (global-pooled `forward_features`) instead of
+  Inception's, whose weights cannot be fetched here; a real-vs-real reference (fold k's training
+  part against its validation part, same n as the synthetic set) gives the scale.
+- A two-sample classifier (logistic regression on those features, cross-validated ROC AUC;
+  Lopez-Paz & Oquab, ICLR 2017): 0.5 = indistinguishable; again with the real-vs-real reference.
+- The share of synthetic patches the classifier calls atypical at the run's threshold (deployed
+  test-time views), next to the same share for real validation patches of that class.
+- The VAE's reconstruction PSNR on validation patches: the ceiling the latent space sets.
+Written to `<run>/fold_<k>/quality/`: quality.json, quality.md, gallery.png (real and synthetic),
+gallery_synthetic.png (synthetic only: the one that may be published without real data).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.data import CLASSES, load_images, read_manifest
+from training.splits import fold_fingerprint, load_split
+from training.synth.data import to_model_range
+from training.synth.run import GeneratorRun
+from training.synth.sample import SampleOptions, write_samples
+from training.synth.trainer import fold_vae
+
+
+def load_judge(classifier: Path, fold: int, split: dict) -> dict:
+    """Fold `fold` of a real-only classifier run: network, preprocessing, views and the run's threshold."""
+    from training.ensemble import Preprocess
+    from training.export import load_member
+
+    classifier = Path(classifier)
+    run_dir = classifier.parent if (classifier / "model_args.json").is_file() else classifier
+    fold_dir = run_dir / f"fold_{fold}"
+    for required in (fold_dir / "model_args.json", run_dir / "results.json", run_dir / "split.json"):
+        if not required.is_file():
+            raise FileNotFoundError(f"{required}: missing; the judge is a finished classifier run "
+                                    f"(`python -m training train`) with fold {fold} and pooled results")
+    if fold_fingerprint(load_split(run_dir / "split.json"), fold) != fold_fingerprint(split, fold):
+        raise ValueError(f"{run_dir}: its fold {fold} holds out other slides than the generator's; "
+                         f"train the generator with --split {run_dir / 'split.json'}")
+    network, args, config = load_member(fold_dir)
+    threshold = json.loads((run_dir / "results.json").read_text())["oof"]["threshold"]
+    return {"network": network, "preprocess": Preprocess.from_args(args), "views": list(config.tta_views),
+            "threshold": float(threshold), "fold_dir": str(fold_dir), "backbone": args["backbone"]}
+
+
+@torch.no_grad()
+def judge_patches(judge: dict, patches: np.ndarray, device: torch.device, batch_size: int = 128):
+    """(features (N, D), P(atypical) (N,)) of uint8 patches (N, H, W, 3) by the judge."""
+    from training.train import predict_scores
+
+    network = judge["network"].to(device).eval()
+    preprocess = judge["preprocess"].to(device)
+    tensor = torch.from_numpy(patches)
+    features = []
+    for start in range(0, len(tensor), batch_size):
+        images = preprocess(tensor[start:start + batch_size].to(device))
+        features.append(network.forward_head(network.forward_features(images), pre_logits=True).float().cpu())
+    scores = predict_scores(network, preprocess, tensor, judge["views"], device)
+    return torch.cat(features).numpy().astype(np.float64), 1 / (1 + np.exp(-scores.astype(np.float64)))
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of two feature sets (N, D)."""
+    mean_a, mean_b = a.mean(axis=0), b.mean(axis=0)
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    # tr((S_a S_b)^(1/2)) = tr((S_a^(1/2) S_b S_a^(1/2))^(1/2)), a symmetric PSD matrix: stable with eigh
+    values, vectors = np.linalg.eigh(cov_a)
+    root_a = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    middle = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
+    trace_root = np.sqrt(np.clip(middle, 0, None)).sum()
+    return float(((mean_a - mean_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
+
+
+def two_sample_auroc(real: np.ndarray, synthetic: np.ndarray, seed: int = 0) -> float:
+    """Cross-validated ROC AUC of a logistic regression telling synthetic from real features (0.5: cannot)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    features = np.concatenate([real, synthetic])
+    is_synthetic = np.r_[np.zeros(len(real)), np.ones(len(synthetic))]
+    splits = min(5, len(real), len(synthetic))
+    if splits < 2:
+        return float("nan")
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
+    folds = StratifiedKFold(n_splits=splits, shuffle=True, random_state=seed)
+    probabilities = cross_val_predict(model, features, is_synthetic, cv=folds, method="predict_proba")[:, 1]
+    return float(roc_auc_score(is_synthetic, probabilities))
+
+
+def _synthetic_set(run: GeneratorRun, fold: int, label: int, n: int, options: SampleOptions, device, show_progress):
+    """n synthetic patches of `label`: from the fold's balance manifest when it holds them, else drawn anew."""
+    fold_dir = run.fold_dir(fold)
+    manifest = fold_dir / "manifest.csv"
+    rows = [s for s in read_manifest(manifest) if s.label == label] if manifest.is_file() else []
+    if len(rows) < n:
+        manifest = write_samples(run, fold, label=label, n=n, dest=fold_dir / "quality" / f"samples_{CLASSES[label]}",
+                                 options=options, device=device, show_progress=show_progress)
+        rows = read_manifest(manifest)
+    settings = {key: rows[0].domain.get(key) for key in ("guidance", "steps", "sampler")}
+    return load_images(rows[:n]), {**settings, "manifest": str(manifest)}
+
+
+@torch.no_grad()
+def vae_psnr(run: GeneratorRun, fold: int, patches: np.ndarray, device, n: int = 256) -> float:
+    """Mean PSNR (dB) of the fold's VAE reconstructions of up to n held-out patches."""
+    codec = fold_vae(run.fold_dir(fold), run.fold_data(fold)).to(device).eval()
+    psnrs = []
+    for start in range(0, min(n, len(patches)), 32):
+        images = to_model_range(torch.from_numpy(patches[start:start + 32])).to(device)
+        mean, _ = codec.encode(images)
+        error = ((codec.decode(mean) - images) * 127.5).float().pow(2).mean(dim=(1, 2, 3))
+        psnrs.append((10 * torch.log10(255.0 ** 2 / error.clamp(min=1e-10))).cpu())
+    return float(torch.cat(psnrs).mean())
+
+
+def _class_figures(judge, real_val, train_samples, synthetic, device, seed) -> dict:
+    """The per-class figures of the module docstring; the reference draws len(synthetic) training patches."""
+    val_features, val_p = judge_patches(judge, real_val, device)
+    synthetic_features, synthetic_p = judge_patches(judge, synthetic, device)
+    chosen = np.random.default_rng(seed).permutation(len(train_samples))[:len(synthetic)]
+    reference = load_images([train_samples[i] for i in sorted(chosen)])
+    reference_features, _ = judge_patches(judge, reference, device)
+    threshold = judge["threshold"]
+    return {
+        "n_real_validation": len(real_val), "n_synthetic": len(synthetic), "n_real_reference": len(reference),
+        "frechet_distance": frechet_distance(val_features, synthetic_features),
+        "frechet_distance_real_reference": frechet_distance(val_features, reference_features),
+        "two_sample_auroc": two_sample_auroc(val_features, synthetic_features, seed),
+        "two_sample_auroc_real_reference": two_sample_auroc(val_features, reference_features, seed),
+        "share_called_atypical_synthetic": float((synthetic_p >= threshold).mean()),
+        "share_called_atypical_real_validation": float((val_p >= threshold).mean()),
+    }
+
+
+def quality_report(run: GeneratorRun, fold, classifier: Path, *, n_per_class: int | None = None,
+                   options: SampleOptions, device: torch.device, show_progress: bool = True) -> dict:
+    """Measure fold `fold`'s generator against its held-out real patches; write `<fold>/quality/`."""
+    fold_data = run.fold_data(fold)
+    fold = fold_data.fold
+    n = n_per_class or run.config.quality.n_per_class
+    judge = load_judge(classifier, fold, run.split)
+    out_dir = run.fold_dir(fold) / "quality"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_class, gallery = {}, []
+    for label, name in enumerate(CLASSES):
+        real_val = load_images([s for s in fold_data.validation if s.label == label], progress=show_progress)
+        train_samples = [s for s in fold_data.finetune if s.label == label]
+        synthetic, settings = _synthetic_set(run, fold, label, n, options, device, show_progress)
+        per_class[name] = {**_class_figures(judge, real_val, train_samples, synthetic, device, run.config.seed),
+                           "sampling": settings}
+        gallery += [(f"real {name}\n(validation)", real_val), (f"synthetic {name}", synthetic)]
+    report = {
+        "fold": fold, "generator": f"{run.config.name}:fold{fold}", "split_fingerprint": fold_data.fingerprint,
+        "judge": {k: judge[k] for k in ("fold_dir", "backbone", "threshold", "views")},
+        "features": "judge's penultimate layer (forward_head(pre_logits=True)), identity view",
+        "vae_psnr_validation_db": vae_psnr(run, fold, load_images(fold_data.validation[:256]), device),
+        "per_class": per_class,
+    }
+    (out_dir / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "quality.md").write_text(quality_markdown(report))
+    columns = run.config.quality.gallery_columns
+    write_gallery(gallery, out_dir / "gallery.png", columns)
+    write_gallery([row for row in gallery if row[0].startswith("synthetic")], out_dir / "gallery_synthetic.png",
+                  columns, rows_per_set=2)
+    return report
+
+
+def quality_markdown(report: dict) -> str:
+    """quality.json as a short Markdown table."""
+    lines = [f"# Generator quality, fold {report['fold']} ({report['generator']})", "",
+             f"Judge: {report['judge']['fold_dir']} ({report['judge']['backbone']}), threshold "
+             f"{report['judge']['threshold']:.4f}, views {', '.join(report['judge']['views'])}. "
+             f"Real patches: fold {report['fold']}'s validation part (never seen by this generator).", "",
+             f"VAE reconstruction PSNR on validation patches: {report['vae_psnr_validation_db']:.2f} dB", "",
+             "| class | n real / synthetic | Fréchet distance (real-vs-real reference) | two-sample AUROC "
+             "(reference) | called atypical: synthetic / real |", "|---|---|---|---|---|"]
+    for name, figures in report["per_class"].items():
+        lines.append(
+            f"| {name} | {figures['n_real_validation']} / {figures['n_synthetic']} | "
+            f"{figures['frechet_distance']:.2f} ({figures['frechet_distance_real_reference']:.2f}) | "
+            f"{figures['two_sample_auroc']:.3f} ({figures['two_sample_auroc_real_reference']:.3f}) | "
+            f"{figures['share_called_atypical_synthetic']:.3f} / {figures['share_called_atypical_real_validation']:.3f} |")
+    settings = next(iter(report["per_class"].values()))["sampling"]
+    lines += ["", f"Sampling: guidance {settings['guidance']}, {settings['steps']} steps, {settings['sampler']}. "
+              "Reference: fold's training patches (same n as synthetic) against the same validation patches.", ""]
+    return "\n".join(lines)
+
+
+def write_gallery(sets: list, path: Path, columns: int = 8, rows_per_set: int = 1) -> None:
+    """A grid PNG: `rows_per_set` rows of `columns` patches per (title, uint8 (N, H, W, 3)) set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_rows = len(sets) * rows_per_set
+    gap = 4  # white pixels between patches
+    figure, axes = plt.subplots(n_rows, 1, figsize=(columns * 1.1 + 1.4, n_rows * 1.15), squeeze=False)
+    for index, (title, patches) in enumerate(sets):
+        height, width = patches.shape[1:3]
+        for row in range(rows_per_set):
+            strip = np.full((height, columns * (width + gap) - gap, 3), 255, dtype=np.uint8)
+            for column, patch in enumerate(patches[row * columns:(row + 1) * columns]):
+                strip[:, column * (width + gap):column * (width + gap) + width] = patch
+            axis = axes[index * rows_per_set + row, 0]
+            axis.imshow(strip)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.set_ylabel(title if row == 0 else "", rotation=0, ha="right", va="center", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
