@@ -39,6 +39,7 @@ wrong ends in one line `error: ...` on stderr, exit code 1, and no output file.
 """
 
 import argparse
+import atexit
 import contextlib
 import csv
 import ctypes
@@ -50,7 +51,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,8 +119,27 @@ def log(message: str) -> None:
     print(f"process: {message}", file=sys.stderr, flush=True)
 
 
-def elapsed_ms(started: float) -> str:
-    return f"{(time.perf_counter() - started) * 1000:.0f} ms"
+class Stopwatch:
+    """Wall-clock seconds of each phase of one case, for the log lines and for `--timings`."""
+
+    def __init__(self) -> None:
+        self.started_at = time.time()  # Unix time, comparable with a clock outside this process
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.perf_counter() - started
+
+    def ms(self, name: str) -> str:
+        return f"{self.seconds[name] * 1000:.0f} ms"
+
+    def summary(self) -> str:
+        """One JSON object: seconds per phase, and the Unix times main() started and ended."""
+        return json.dumps({"started_at": self.started_at, **self.seconds, "ended_at": time.time()})
 
 
 def one_line(text: str) -> str:
@@ -308,15 +328,21 @@ def nvidia_driver_loads() -> bool:
     return True
 
 
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """Full graph optimisation, one intra-op thread per available CPU (benchmarks/ times these settings)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or available_cpus()
+    return options
+
+
 def create_session(onnx_path: Path) -> ort.InferenceSession:
     """An ONNX Runtime session on CUDA when a GPU and this onnxruntime build allow it, else on the CPU.
 
     A CUDA session that cannot be created (a driver too old for the CUDA 13 libraries, say) falls
     back to the CPU with a log line rather than failing the case.
     """
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = available_cpus()
+    options = session_options()
     cpu_only = ["CPUExecutionProvider"]
     try:
         if "CUDAExecutionProvider" in ort.get_available_providers() and nvidia_driver_loads():
@@ -627,35 +653,37 @@ def predict(model: Model, pages: np.ndarray) -> np.ndarray:
     return probabilities
 
 
-def classify_stack(*, sockets: list[dict[str, Any]], input_dir: Path, model: Model) -> dict[str, Any]:
+def classify_stack(*, sockets: list[dict[str, Any]], input_dir: Path, model: Model,
+                   stopwatch: Stopwatch) -> dict[str, Any]:
     """Track 2: one class + confidence (P(atypical) by default) per page of the stacked cropouts."""
     path = socket_image_path(socket_by_slug(sockets, STACK_SLUG), input_dir=input_dir)
     log(f"input {path}")
-    started = time.perf_counter()
-    pages = read_stack(path=path)
-    log(f"read {len(pages)} pages of {pages.shape[1]}x{pages.shape[2]}, {elapsed_ms(started)}")
-    pages = fit_pages(pages, height=model.height, width=model.width)
-    started = time.perf_counter()
-    probabilities = predict(model, pages)
-    log(f"infer {len(pages)} pages in {-(-len(pages) // BATCH_SIZE)} run(s), {elapsed_ms(started)}")
+    with stopwatch.phase("read"):
+        pages = read_stack(path=path)
+    log(f"read {len(pages)} pages of {pages.shape[1]}x{pages.shape[2]}, {stopwatch.ms('read')}")
+    with stopwatch.phase("infer"):
+        pages = fit_pages(pages, height=model.height, width=model.width)
+        probabilities = predict(model, pages)
+    log(f"infer {len(pages)} pages in {-(-len(pages) // BATCH_SIZE)} run(s), {stopwatch.ms('infer')}")
     return {STACK_OUTPUT: [stack_entry(probability, model) for probability in map(float, probabilities)]}
 
 
-def classify_points(*, sockets: list[dict[str, Any]], input_dir: Path, model: Model) -> dict[str, Any]:
+def classify_points(*, sockets: list[dict[str, Any]], input_dir: Path, model: Model,
+                    stopwatch: Stopwatch) -> dict[str, Any]:
     """Whole image + candidate points: each point, in input order, named by class, with P(atypical)."""
     path = socket_image_path(socket_by_slug(sockets, ROI_SLUG), input_dir=input_dir)
     log(f"input {path}")
-    started = time.perf_counter()
-    image, geometry = read_roi(path=path)
-    points_mm, pixels = read_candidates(sockets=sockets, input_dir=input_dir, geometry=geometry)
+    with stopwatch.phase("read"):
+        image, geometry = read_roi(path=path)
+        points_mm, pixels = read_candidates(sockets=sockets, input_dir=input_dir, geometry=geometry)
     spacing_um = " x ".join(f"{value * 1000:.4g}" for value in geometry.spacing)
     log(f"read a {image.shape[1]}x{image.shape[0]} image at {spacing_um} um/px and {len(pixels)} points, "
-        f"{elapsed_ms(started)}")
+        f"{stopwatch.ms('read')}")
     require_inside(points_mm, pixels, height=image.shape[0], width=image.shape[1])
-    started = time.perf_counter()
-    patches = cut_patches(image, pixels, geometry=geometry, model=model)
-    probabilities = predict(model, patches) if len(patches) else np.zeros(0, np.float32)
-    log(f"crop and infer {len(patches)} points in {-(-len(patches) // BATCH_SIZE)} run(s), {elapsed_ms(started)}")
+    with stopwatch.phase("infer"):
+        patches = cut_patches(image, pixels, geometry=geometry, model=model)
+        probabilities = predict(model, patches) if len(patches) else np.zeros(0, np.float32)
+    log(f"crop and infer {len(patches)} points in {-(-len(patches) // BATCH_SIZE)} run(s), {stopwatch.ms('infer')}")
     negative, positive = model.classes
     points = [
         {"name": f"{positive if probability >= model.threshold else negative} mitotic figure",
@@ -666,7 +694,7 @@ def classify_points(*, sockets: list[dict[str, Any]], input_dir: Path, model: Mo
 
 
 Handler = Callable[..., dict[str, Any]]
-# slug -> handler(sockets=, input_dir=, model=) returning {output file name: JSON payload}. The points
+# slug -> handler(sockets=, input_dir=, model=, stopwatch=) returning {output file name: JSON payload}. The points
 # interface is keyed by its image; the handler finds the points socket beside it.
 SOCKET_HANDLERS: dict[str, Handler] = {STACK_SLUG: classify_stack, ROI_SLUG: classify_points}
 
@@ -694,18 +722,18 @@ def write_json(*, path: Path, payload: Any) -> None:
         raise
 
 
-def run(*, input_dir: Path, output_dir: Path, model_dirs: Sequence[Path]) -> None:
+def run(*, input_dir: Path, output_dir: Path, model_dirs: Sequence[Path], stopwatch: Stopwatch) -> None:
     """One case: read the sockets, load the model, run the socket's handler, write its outputs."""
     sockets = read_sockets(input_dir=input_dir)
     handler = select_handler(sockets)
-    started = time.perf_counter()
-    model = load_model(model_dir=find_model_dir(model_dirs))
-    log(f"model {model.name}, provider {model.provider}, load {elapsed_ms(started)}")
-    outputs = handler(sockets=sockets, input_dir=input_dir, model=model)
-    started = time.perf_counter()
-    for name, payload in outputs.items():
-        write_json(path=output_dir / name, payload=payload)
-    log(f"write {', '.join(str(output_dir / name) for name in outputs)}, {elapsed_ms(started)}")
+    with stopwatch.phase("load"):
+        model = load_model(model_dir=find_model_dir(model_dirs))
+    log(f"model {model.name}, provider {model.provider}, load {stopwatch.ms('load')}")
+    outputs = handler(sockets=sockets, input_dir=input_dir, model=model, stopwatch=stopwatch)
+    with stopwatch.phase("write"):
+        for name, payload in outputs.items():
+            write_json(path=output_dir / name, payload=payload)
+    log(f"write {', '.join(str(output_dir / name) for name in outputs)}, {stopwatch.ms('write')}")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -715,19 +743,37 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, default=None,
                         help=f"model folder (default: the first of {', '.join(map(str, MODEL_PATHS))} "
                              "holding a model.json)")
+    parser.add_argument("--timings", action="store_true",
+                        help="end with one line 'process: timings {...}' on stderr: seconds per phase (load, read, "
+                             "infer, write) and the Unix times main() started and ended (benchmarks/startup.py)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    stopwatch = Stopwatch()
     args = parse_args(argv)
     model_dirs = (args.model,) if args.model is not None else MODEL_PATHS
     try:
-        run(input_dir=args.input, output_dir=args.output, model_dirs=model_dirs)
+        run(input_dir=args.input, output_dir=args.output, model_dirs=model_dirs, stopwatch=stopwatch)
     except InputError as error:
         print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
         return 1
+    if args.timings:
+        log(f"timings {stopwatch.summary()}")
     return 0
 
 
+def exit_at_once(exit_code: int) -> None:
+    """End the process now: flush stdout and stderr, then os._exit, without the interpreter's teardown."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_code = main()
+    # The outputs are written and fsynced: the interpreter's teardown (mostly SimpleITK's module
+    # cleanup) would only hold the platform up, ~35 ms of a ~0.4 s stack. Done at exit rather than
+    # here, so that code running this file as __main__ in-process (runpy) still reaches its end first.
+    atexit.register(exit_at_once, exit_code)
+    raise SystemExit(exit_code)

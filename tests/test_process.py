@@ -27,8 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 OUTPUT_NAME = "multiple-mitotic-figure-classification.json"
 
 
-def run_process(input_dir: Path, output_dir: Path, model_dir: Path | None) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(REPO / "process.py"), "--input", str(input_dir), "--output", str(output_dir)]
+def run_process(input_dir: Path, output_dir: Path, model_dir: Path | None,
+                *options: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO / "process.py"), "--input", str(input_dir), "--output", str(output_dir),
+               *options]
     if model_dir is not None:
         command += ["--model", str(model_dir)]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -340,6 +342,18 @@ def test_bad_model(make_case, tmp_path, fault):
     damage(model_dir)
     output_dir = tmp_path / "output"
     assert_failed(run_process(input_dir, output_dir, model_dir), output_dir, mentions)
+
+
+def test_timings_report_every_phase(make_case, fake_model_dir, tmp_path):
+    completed = run_process(make_case(brightness_pages([100, 200])), tmp_path / "output", fake_model_dir, "--timings")
+    assert completed.returncode == 0, completed.stderr
+    (line,) = [line for line in completed.stderr.splitlines() if line.startswith("process: timings ")]
+    timings = json.loads(line.removeprefix("process: timings "))
+    assert set(timings) == {"started_at", "load", "read", "infer", "write", "ended_at"}
+    assert all(value >= 0 for value in timings.values())
+    assert timings["started_at"] <= timings["ended_at"]
+    plain = run_process(make_case(brightness_pages([100])), tmp_path / "again", fake_model_dir)
+    assert "process: timings" not in plain.stderr
 
 
 def test_confidence_of_the_predicted_class_when_model_json_asks(make_case, tmp_path):

@@ -1,0 +1,1 @@
+"""Speed and quality benchmarks that print tables (see benchmarks/README.md); never timed assertions in tests."""

@@ -1,0 +1,130 @@
+"""Per-stack wall time of process.py, cold: a fresh process per run, from its start to its exit.
+
+Grand-challenge starts the container once per stack, so what a user waits for is the whole life of
+the process: the interpreter, the imports, the model, the image, the inference, the JSON. The total
+is timed from outside (spawn to exit); `process.py --timings` reports its own phases (and when its
+main() started and ended), so the start-up before main() and the exit after it are split off too.
+Interpreter start-up and exit alone (`python -c pass`) and the import of process.py are timed in
+fresh processes of their own. With `--baseline REV` the process.py and crops.py
+of that git revision run interleaved with the current ones, as a before/after.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import quiet
+from benchmarks.common import MODEL_DIR, ROOT, median, ms, report
+
+SAMPLE_STACK = ROOT / "test" / "input"  # 16 pages of 128x128, as the official stacks
+TIMINGS_PREFIX = "process: timings "
+
+
+def spawn(command: list[str], cwd: Path) -> tuple[float, float, str]:
+    """(Unix time at spawn, at exit, stderr) of one run; raises when it fails."""
+    started = time.time()
+    completed = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+    ended = time.time()
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({completed.returncode}): {completed.stderr[-2000:]}")
+    return started, ended, completed.stderr
+
+
+def run_process(python: str, script: Path, *, input_dir: Path, model_dir: Path, timings: bool) -> dict:
+    """One cold run of process.py; its total and, with --timings, its phases (seconds)."""
+    with tempfile.TemporaryDirectory() as output_dir:
+        command = [python, str(script), "--input", str(input_dir), "--output", output_dir, "--model", str(model_dir)]
+        started, ended, stderr = spawn(command + (["--timings"] if timings else []), cwd=script.parent)
+        if not any(Path(output_dir).iterdir()):
+            raise RuntimeError(f"{script} wrote nothing")
+    result = {"total": ended - started}
+    lines = [line for line in stderr.splitlines() if line.startswith(TIMINGS_PREFIX)]
+    if timings and lines:
+        phases = json.loads(lines[-1].removeprefix(TIMINGS_PREFIX))
+        result.update(before_main=phases.pop("started_at") - started, after_main=ended - phases.pop("ended_at"),
+                      **phases)
+    return result
+
+
+def baseline_folder(revision: str, into: Path) -> Path:
+    """process.py and crops.py of a git revision in a folder of their own (the model is passed in)."""
+    for name in ("process.py", "crops.py"):
+        source = subprocess.run(["git", "show", f"{revision}:{name}"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout
+        (into / name).write_text(source)
+    return into / "process.py"
+
+
+def interpreter_seconds(python: str) -> float:
+    """Spawn to exit of a Python that does nothing."""
+    started, ended, _ = spawn([python, "-c", "pass"], cwd=ROOT)
+    return ended - started
+
+
+def import_seconds(python: str) -> float:
+    """`import process` timed inside a fresh process (its modules' teardown at exit not included)."""
+    code = ("import sys, time; began = time.perf_counter(); import process; "
+            "print(time.perf_counter() - began, file=sys.stderr)")
+    return float(spawn([python, "-c", code], cwd=ROOT)[2].split()[-1])
+
+
+PHASES = [  # (key, what it is)
+    ("interpreter", "Python start-up and exit alone (`python -c pass`)"),
+    ("imports", "import process.py: numpy, onnxruntime, SimpleITK, crops (timed inside a fresh process)"),
+    ("before_main", "spawn -> main() entered: interpreter start-up + imports"),
+    ("load", "model: model.json, sha256, ONNX Runtime session"),
+    ("read", "image read (SimpleITK)"),
+    ("infer", "fit pages + inference"),
+    ("write", "JSON written atomically (fsync)"),
+    ("after_main", "main() returned -> process gone"),
+    ("total", "**spawn -> exit, JSON written**"),
+]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--python", default=str(ROOT / ".venv" / "bin" / "python"))
+    parser.add_argument("--input", type=Path, default=SAMPLE_STACK, help="a case folder (default: the sample stack)")
+    parser.add_argument("--model", type=Path, default=MODEL_DIR)
+    parser.add_argument("--baseline", metavar="REV", help="also time process.py at this git revision, interleaved")
+    quiet.add_arguments(parser)
+    args = parser.parse_args(argv)
+    state = quiet.from_arguments(args)
+    script = ROOT / "process.py"
+    with tempfile.TemporaryDirectory() as scratch:
+        old_script = baseline_folder(args.baseline, Path(scratch)) if args.baseline else None
+        # One untimed run first: the libraries and the graph are then in the page cache for every run below.
+        run_process(args.python, script, input_dir=args.input, model_dir=args.model, timings=False)
+        runs, old_runs, interpreter, imports = [], [], [], []
+        for _ in range(args.runs):
+            runs.append(run_process(args.python, script, input_dir=args.input, model_dir=args.model, timings=True))
+            if old_script:
+                old_runs.append(run_process(args.python, old_script, input_dir=args.input, model_dir=args.model,
+                                            timings=False))
+            interpreter.append(interpreter_seconds(args.python))
+            imports.append(import_seconds(args.python))
+    columns = {key: [run[key] for run in runs if key in run] for key, _ in PHASES}
+    columns.update(interpreter=interpreter, imports=imports)
+    rows = [[what, ms(median(columns[key])), ms(min(columns[key])), ms(max(columns[key]))]
+            for key, what in PHASES if columns[key]]
+    if old_runs:
+        old = [run["total"] for run in old_runs]
+        rows.append([f"**total, process.py of {args.baseline}** (the same runs, interleaved)",
+                     ms(median(old)), ms(min(old)), ms(max(old))])
+    case = args.input.resolve().relative_to(ROOT) if args.input.resolve().is_relative_to(ROOT) else args.input
+    report("startup", f"process.py per stack, cold ({args.runs} fresh processes, case {case})",
+           ["phase", "median ms", "min ms", "max ms"], rows, state=state,
+           packages=("onnxruntime", "numpy", "SimpleITK"),
+           notes=["Phases inside main() are process.py's own `--timings`; the rest of main() (arguments, "
+                  "inputs.json, log lines) is not listed. Each phase's median is over its own runs, so the "
+                  "medians need not add up to the total's."])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
