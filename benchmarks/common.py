@@ -20,9 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 MODEL_DIR = ROOT / "model"
 RUN_DIR = ROOT / "runs" / "cpu_small"
-# AMi-Br, read in place: where the configs expect it, else beside the checkout (this project's machines).
-DATA_ROOT = next((path for path in (ROOT / "data" / "amibr-dev", ROOT.parent / "shared" / "data" / "amibr-dev")
-                  if path.is_dir()), ROOT / "data" / "amibr-dev")
+# AMi-Br, read in place: where the configs expect it, or wherever AMIBR_ROOT says.
+DATA_ROOT = Path(os.environ.get("AMIBR_ROOT", ROOT / "data" / "amibr-dev"))
 
 
 def cpu_name() -> str:
@@ -98,6 +97,12 @@ def report(name: str, title: str, headers: Sequence[str], rows: Sequence[Sequenc
     (RESULTS_DIR / f"{name}.md").write_text(text)
     print(text, flush=True)
     return text
+
+
+def display_path(path: Path) -> str:
+    """`path` relative to the repository when inside it, so tables name no machine's folders."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def ms(seconds: float) -> str:

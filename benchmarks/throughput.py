@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 import process
 from benchmarks import quiet
-from benchmarks.common import MODEL_DIR, amibr_patches, median, report
+from benchmarks.common import MODEL_DIR, amibr_patches, display_path, median, report
 
 BATCH_SIZES = (1, 16, 64, 256)
 THREADS = (1, 2)
@@ -60,7 +60,8 @@ def main(argv=None) -> int:
     device = session.get_providers()[0].removesuffix("ExecutionProvider")
     report("throughput", f"ONNX Runtime throughput of the shipped ensemble ({device}), patches/s (ms per run)",
            ["batch", *(f"{threads} thread{'s' * (threads > 1)}" for threads in THREADS)], rows, state=state,
-           notes=[f"Model {args.model}: 5 members x 2 views, so one patch is 10 network passes. Median of at least "
+           notes=[f"Model {display_path(args.model)}: 5 members x 2 views, so one patch is 10 network passes. "
+                  f"Median of at least "
                   f"{args.min_runs} runs and {args.min_seconds:.0f} s per cell, after 2 warm-up runs."])
     return 0
 

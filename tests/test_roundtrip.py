@@ -61,6 +61,9 @@ def test_model_json_describes_the_graph(exported):
     assert len(spec["members"]) == 2 and spec["tta_views"] == ["identity", "vflip"]
     assert spec["threshold"] == pytest.approx(json.loads((run_dir / "results.json").read_text())["oof"]["threshold"])
     assert spec["metrics"]["export_parity_max_abs_difference"] < 1e-4
+    # the exporter's per-node debug records (source stack traces, with the exporting machine's paths) are gone
+    assert not [node.name for node in graph.graph.node if node.metadata_props]
+    assert str(Path(__file__).resolve().parents[1]).encode() not in (model_dir / spec["onnx"]).read_bytes()
     import hashlib
 
     assert spec["onnx_sha256"] == hashlib.sha256((model_dir / spec["onnx"]).read_bytes()).hexdigest()

@@ -94,7 +94,17 @@ def _to_onnx(ensemble: torch.nn.Module, path: Path) -> None:
         dynamic_shapes={"patches": {0: torch.export.Dim("N", min=1, max=65536)}},
         opset_version=OPSET, dynamo=True, external_data=False, verbose=False)
     model = onnx.load(str(path))
+    _drop_debug_records(model)
     onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
+def _drop_debug_records(model: onnx.ModelProto) -> None:
+    """Remove the exporter's per-node records (source stack traces, module names): they hold the
+    paths of the machine that exported and change nothing the graph computes."""
+    for graph in (model.graph, *model.functions):
+        for node in graph.node:
+            del node.metadata_props[:]
 
 
 def _member_info(fold_dir: Path, args: dict) -> dict:
