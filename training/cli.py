@@ -99,6 +99,81 @@ def export_entry(args) -> int:
     return 0
 
 
+def evaluate_entry(args) -> int:
+    from training.evaluate import evaluate_cases, evaluate_patches
+
+    if args.cases:
+        if not args.ground_truth:
+            raise ValueError("--cases needs --ground-truth (the official ground_truth.json)")
+        document = evaluate_cases(args.model, args.cases, args.ground_truth, args.out)
+    else:
+        document = evaluate_patches(args.model, _evaluation_samples(args), args.out, domain_key=args.domain_key)
+    aggregates, intervals = document["aggregates"], document["confidence_intervals_95"]
+    print(f"evaluate: n = {document['n']} ({document['n_atypical']} atypical): balanced accuracy "
+          f"{aggregates['overall_balanced_accuracy']:.4f} [{intervals['balanced_accuracy'][0]:.4f}, "
+          f"{intervals['balanced_accuracy'][1]:.4f}], ROC AUC {aggregates['overall_roc_auc']:.4f} "
+          f"[{intervals['roc_auc'][0]:.4f}, {intervals['roc_auc'][1]:.4f}] -> {args.out / 'metrics.json'}")
+    return 0
+
+
+def study_entry(args) -> int:
+    from training.config import load_config
+    from training.study import run_study
+
+    configs = [load_config(name) for name in args.configs]
+    for config in configs:
+        if args.data_root:
+            config.data = dataclasses.replace(config.data, root=args.data_root)
+        if args.epochs:
+            config.optim = dataclasses.replace(config.optim, epochs=args.epochs)
+    results = run_study(configs, args.out, leave_out=args.leave_out, folds=args.folds,
+                        prepare_synthetic=_synthetic_preparer(args), show_progress=not args.quiet)
+    for name, difference in results["differences"].items():
+        auc = difference["roc_auc"]
+        print(f"study: {name} - {results['baseline']}: ROC AUC {auc['mean']:+.4f} per fold, 95% interval "
+              f"[{auc['t_interval_95'][0]:+.4f}, {auc['t_interval_95'][1]:+.4f}]")
+    print(f"study: report {args.out / 'study.md'}")
+    return 0
+
+
+def _synthetic_preparer(args):
+    """For a study: train (or finish) one generator per fold of the study's split, then point the config at it."""
+
+    def prepare(config, split, split_dir):
+        from training.synth.config import load_synth_config
+        from training.synth.pipeline import run_fold
+        from training.synth.run import open_run
+        from training.synth.sample import default_options
+        from training.train import select_device, set_threads
+
+        synth_config = load_synth_config(args.synth_config)
+        synth_config.data = dataclasses.replace(synth_config.data, kind=config.data.kind, root=config.data.root)
+        run = open_run(synth_config, split_dir / "synth" / synth_config.name, split_dir / "split.json")
+        set_threads(synth_config.threads)
+        device = select_device(synth_config.device)
+        k_fold = not split_dir.name.startswith("lodo_")
+        for fold in args.folds if (args.folds is not None and k_fold) else range(split["n_folds"]):
+            if not (run.fold_dir(fold) / "manifest.csv").is_file():
+                run_fold(run, fold, device, options=default_options(run), show_progress=not args.quiet)
+        return dataclasses.replace(config, synthetic=dataclasses.replace(config.synthetic, dir=str(run.root)))
+
+    return prepare
+
+
+def _evaluation_samples(args):
+    from training.data import read_dataset
+    from training.splits import fold_indices, load_split
+
+    config = _config_with_overrides(args)
+    samples = read_dataset(config.data.kind, config.data.root, slides=config.data.slides)
+    if args.fold is None:
+        return samples
+    if not args.split:
+        raise ValueError("--fold needs --split (the split JSON whose validation part to evaluate)")
+    _, val_index = fold_indices(load_split(args.split), samples, args.fold)
+    return [samples[i] for i in val_index]
+
+
 def make_sample_entry(args) -> int:
     if args.points:
         from training.sample_roi import write_roi_case
@@ -126,10 +201,7 @@ def _add_config_arguments(parser) -> None:
     parser.add_argument("--data-root", help="dataset folder, overriding the config's data.root")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_split_command(commands) -> None:
     split = commands.add_parser("split", help="compute and save a slide-grouped k-fold split")
     _add_config_arguments(split)
     split.add_argument("--out", type=Path, required=True, help="where to write the split JSON")
@@ -139,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--leave-out", help="leave-one-domain-out folds over this domain key (e.g. tumor) instead of k-fold")
     split.set_defaults(entry=split_entry)
 
+
+def _add_train_command(commands) -> None:
     train = commands.add_parser("train", help="train cross-validation folds into a run folder",
                                 description="Backbones: " + "; ".join(f"{k}: {v.note}" for k, v in BACKBONES.items()))
     _add_config_arguments(train)
@@ -154,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(entry=train_entry)
 
+
+def _add_export_command(commands) -> None:
     export = commands.add_parser("export", help="export run/fold folders as one ONNX ensemble + model.json")
     export.add_argument("runs", nargs="+", help="run folders (all their finished folds) or fold folders")
     export.add_argument("--out", type=Path, default=Path("model"), help="model folder to write (default: model)")
@@ -169,11 +245,53 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--data-root", help="dataset folder for the parity check, overriding the config's")
     export.set_defaults(entry=export_entry)
 
+
+def _add_evaluate_command(commands) -> None:
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate an exported model (ONNX Runtime) as the Track 2 evaluator does, with 95%% intervals",
+        description="Either a labelled patch set (--config/--data-kind/--data-root, optionally one fold's "
+                    "validation part) or grand-challenge cases (--cases DIR --ground-truth FILE). Writes "
+                    "metrics.json (the evaluator's keys), predictions or outputs, roc.png, reliability.png, "
+                    "per_domain.png. Evaluate only on data the model did not train on.")
+    evaluate.add_argument("--model", type=Path, default=Path("model"), help="model folder (default: model)")
+    evaluate.add_argument("--out", type=Path, required=True, help="folder for metrics.json and the plots")
+    _add_config_arguments(evaluate)
+    evaluate.add_argument("--split", type=Path, help="a split JSON, with --fold")
+    evaluate.add_argument("--fold", type=int, help="evaluate only this fold's validation part of --split")
+    evaluate.add_argument("--domain-key", help="report per value of this domain key (e.g. tumor, dataset)")
+    evaluate.add_argument("--cases", type=Path, help="folder of stack images named in --ground-truth")
+    evaluate.add_argument("--ground-truth", type=Path,
+                          help='the official ground_truth.json: [{"image", "labels", "tumordomains"}]')
+    evaluate.set_defaults(entry=evaluate_entry)
+
+
+def _add_study_command(commands) -> None:
+    study = commands.add_parser(
+        "study", help="train several configs on one split and compare them fold by fold in one report",
+        description="Runs every config (the first is the baseline) on one slide-grouped split, optionally also "
+                    "leave-one-domain-out, and writes <out>/study.md with per-fold results, paired differences "
+                    "with 95%% intervals, per-domain and leave-one-out tables. Resumes where it stopped. Configs "
+                    "with a synthetic section get per-fold generators trained first (--synth-config).")
+    study.add_argument("--configs", nargs="+", required=True, help="config names or YAML paths; the first is the baseline")
+    study.add_argument("--out", type=Path, required=True, help="study folder")
+    study.add_argument("--data-root", help="dataset folder for every config, overriding data.root")
+    study.add_argument("--leave-out", help="also run leave-one-domain-out folds over this domain key (e.g. dataset, tumor)")
+    study.add_argument("--folds", nargs="+", type=int, help="train only these folds of the k-fold split (default: all)")
+    study.add_argument("--epochs", type=int, help="override every config's optim.epochs (for quick looks)")
+    study.add_argument("--synth-config", default="synth_cpu",
+                       help="generator config for synthetic configs (default: synth_cpu)")
+    study.add_argument("--quiet", action="store_true", help="no progress bars")
+    study.set_defaults(entry=study_entry)
+
+
+def _add_report_command(commands) -> None:
     report = commands.add_parser("report", help="re-pool a run's out-of-fold predictions; rewrite results.md and plots")
     report.add_argument("run", type=Path, help="run folder (holds config.yaml and fold_*/)")
     report.add_argument("--data-root", help="dataset folder (for per-domain results), overriding the config's")
     report.set_defaults(entry=report_entry)
 
+
+def _add_sample_command(commands) -> None:
     sample = commands.add_parser("make-sample", help="render the project's synthetic sample cases (grand-challenge layout)")
     sample.add_argument("--points", action="store_true",
                         help="the whole-image case (image + candidate points) instead of a stack of crops")
@@ -181,6 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0, help="rendering seed (default: 0)")
     sample.add_argument("--pages", type=int, default=16, help="number of pages of the stack (default: 16)")
     sample.set_defaults(entry=make_sample_entry)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_split_command(commands)
+    _add_train_command(commands)
+    _add_export_command(commands)
+    _add_evaluate_command(commands)
+    _add_study_command(commands)
+    _add_report_command(commands)
+    _add_sample_command(commands)
     add_synth_commands(commands)
     return parser
 

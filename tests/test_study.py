@@ -1,0 +1,77 @@
+"""`training study`: configs on one split, paired differences, leave-one-domain-out, resume."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.amibr_fixture import write_amibr
+from training.cli import main as training_cli
+from training.study import compare, per_fold_metrics, t_interval, verdict
+
+
+def table(labels, probabilities, folds):
+    return {"ids": [str(i) for i in range(len(labels))], "labels": np.array(labels),
+            "probabilities": np.array(probabilities, dtype=float), "folds": np.array([str(f) for f in folds])}
+
+
+def test_per_fold_balanced_accuracy_uses_a_threshold_from_the_other_folds():
+    labels = [0, 1, 0, 1, 0, 1]
+    probabilities = [0.2, 0.6, 0.3, 0.7, 0.65, 0.9]
+    metrics = per_fold_metrics(table(labels, probabilities, [0, 0, 1, 1, 2, 2]))
+    assert set(metrics) == {"0", "1", "2"}
+    others = [0.3, 0.7, 0.65, 0.9]  # fold 0's threshold comes from folds 1 and 2 only
+    assert min(others[0], others[2]) < metrics["0"]["threshold"] <= max(others[1], others[3])
+
+
+def test_paired_differences_and_their_intervals():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    folds = np.arange(400) % 5
+    base = np.clip(0.2 * labels + rng.normal(0.4, 0.2, 400), 0, 1)
+    better = np.clip(0.5 * labels + rng.normal(0.25, 0.2, 400), 0, 1)
+    difference = compare(table(labels, base, folds), table(labels, better, folds))
+    auc = difference["roc_auc"]
+    assert len(auc["per_fold"]) == 5 and auc["mean"] > 0.1
+    assert auc["t_interval_95"][0] > 0 and auc["pooled_bootstrap_95"][0] > 0
+    assert verdict(auc).startswith("better")
+    same = compare(table(labels, base, folds), table(labels, base, folds))["roc_auc"]
+    assert same["mean"] == 0 and verdict({**same, "t_interval_95": [-0.01, 0.01]}).startswith("no detectable")
+    with pytest.raises(ValueError, match="same patches"):
+        compare(table(labels, base, folds), table(labels[:-1], base[:-1], folds[:-1]))
+
+
+def test_t_interval_matches_the_textbook_formula():
+    low, high = t_interval([0.01, 0.03, -0.01, 0.02, 0.00])
+    assert (low + high) / 2 == pytest.approx(0.01)
+    assert high - low == pytest.approx(2 * 2.7764451 * np.std([0.01, 0.03, -0.01, 0.02, 0.00], ddof=1) / np.sqrt(5), rel=1e-4)
+
+
+def test_a_study_trains_both_configs_on_one_split_and_reports(tmp_path):
+    data = write_amibr(tmp_path / "amibr", n_slides=6, per_slide=8)
+    base = {"backbone": "resnet10t_slim", "input_crop": 64, "data": {"kind": "amibr", "root": str(data)},
+            "split": {"n_folds": 2}, "optim": {"epochs": 1, "batch_size": 8, "warmup_epochs": 0, "threads": 2}}
+    paths = []
+    for name, lr in (("slow", 0.0005), ("fast", 0.003)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**base, "name": name, "optim": {**base["optim"], "lr": lr}}))
+        paths.append(str(path))
+    out = tmp_path / "study"
+    arguments = ["study", "--configs", *paths, "--out", str(out), "--leave-out", "dataset", "--quiet"]
+    assert training_cli(arguments) == 0
+    results = json.loads((out / "study.json").read_text())
+    assert list(results["runs"]) == ["slow", "fast"] and results["baseline"] == "slow"
+    assert len(results["differences"]["fast"]["roc_auc"]["per_fold"]) == 2
+    assert set(results["leave_one_out"]["fast"]) == {"MIDOG21", "TUPAC16"}
+    split = json.loads((out / "split.json").read_text())
+    for name in ("slow", "fast"):  # both configs on the one split
+        assert json.loads((out / name / "split.json").read_text()) == split
+    markdown = (out / "study.md").read_text()
+    assert "Paired differences" in markdown and "Leave one dataset out" in markdown
+    assert "(all 2 folds; out-of-fold n = 48 patches" in markdown
+    assert (out / "study_folds.png").is_file() and (out / "study_differences.png").is_file()
+
+    stamp = (out / "fast" / "fold_0" / "model.safetensors").stat().st_mtime_ns
+    assert training_cli(arguments) == 0  # a rerun resumes: nothing is trained again
+    assert (out / "fast" / "fold_0" / "model.safetensors").stat().st_mtime_ns == stamp

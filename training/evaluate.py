@@ -1,0 +1,218 @@
+"""Evaluate an exported model as the MIDOG 2025 Track 2 evaluator does, with bootstrapped 95% intervals.
+
+The model runs through ONNX Runtime with process.py's own functions (reading, page fitting,
+batching, thresholding), never through PyTorch, so the numbers are those of the container. Two
+kinds of input:
+
+- a labelled patch set, read by any reader of training.data (patches scored in batches);
+- grand-challenge cases: stack images plus a `ground_truth.json` in the official evaluator's form
+  `[{"image": "stack_1.tiff", "labels": ["normal", ...], "tumordomains": [1, ...]}]`; each stack
+  goes through the container's stack handler and its output JSON is written next to the metrics.
+
+Metrics follow the official evaluation container: sensitivity, specificity (from the classes),
+balanced accuracy, accuracy and ROC AUC (from P(atypical)) pooled over all pages, and the same per
+tumour domain, under its key names (`overall_balanced_accuracy`, `domain_<d>`, ...). Intervals are
+percentile bootstraps over pages (scipy.stats.bootstrap, paired); the ROC band comes from
+grand-challenge-metrics (`get_bootstrapped_roc_ci_curves`).
+"""
+
+import json
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+import numpy as np  # noqa: E402
+from grand_challenge_metrics.roc import get_bootstrapped_roc_ci_curves  # noqa: E402
+from scipy.stats import bootstrap  # noqa: E402
+from sklearn.calibration import calibration_curve  # noqa: E402
+from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
+
+import process  # noqa: E402
+from training.data import load_images  # noqa: E402
+
+CLASS_IDS = {"normal": 0, "atypical": 1}
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def _rates(labels, predicted) -> dict:
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    sensitivity = float(np.mean(predicted[labels == 1] == 1)) if (labels == 1).any() else float("nan")
+    specificity = float(np.mean(predicted[labels == 0] == 0)) if (labels == 0).any() else float("nan")
+    return {"sensitivity": sensitivity, "specificity": specificity,
+            "balanced_accuracy": (sensitivity + specificity) / 2, "accuracy": float(np.mean(labels == predicted))}
+
+
+def _auc(labels, scores) -> float:
+    return float(roc_auc_score(labels, scores)) if 0 < np.sum(labels) < len(labels) else float("nan")
+
+
+def evaluator_aggregates(labels, predicted, scores, domains) -> dict:
+    """The official evaluator's `aggregates`: pooled metrics, then one entry per tumour domain."""
+    labels, predicted, scores, domains = map(np.asarray, (labels, predicted, scores, domains))
+    overall = _rates(labels, predicted)
+    aggregates = {f"overall_{key}": value for key, value in overall.items()}
+    aggregates["overall_roc_auc"] = _auc(labels, scores)
+    for domain in np.unique(domains):
+        inside = domains == domain
+        aggregates[f"domain_{domain}"] = {**_rates(labels[inside], predicted[inside]),
+                                          "roc_auc": _auc(labels[inside], scores[inside]), "n": int(inside.sum())}
+    return aggregates
+
+
+def bootstrap_intervals(labels, predicted, scores, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+    """Percentile 95% intervals over pages for balanced accuracy, sensitivity, specificity, accuracy, ROC AUC."""
+    labels, predicted, scores = (np.asarray(a, dtype=float) for a in (labels, predicted, scores))
+    statistics = {
+        "balanced_accuracy": lambda y, p, s: _rates(y, p)["balanced_accuracy"],
+        "sensitivity": lambda y, p, s: _rates(y, p)["sensitivity"],
+        "specificity": lambda y, p, s: _rates(y, p)["specificity"],
+        "accuracy": lambda y, p, s: _rates(y, p)["accuracy"],
+        "roc_auc": lambda y, p, s: _auc(y, s),
+    }
+    intervals = {}
+    for name, statistic in statistics.items():
+        result = bootstrap((labels, predicted, scores), statistic, paired=True, vectorized=False,
+                           n_resamples=resamples, method="percentile", rng=np.random.default_rng(seed))
+        low, high = result.confidence_interval
+        intervals[name] = [float(low), float(high)]
+    return intervals
+
+
+def published_evaluator_scores(entries: list[dict]) -> np.ndarray:
+    """P(atypical) as the organisers' evaluation code reads an output: confidence, or 1 - confidence for normal."""
+    return np.array([e["confidence"] if e["class"] == "atypical" else 1 - e["confidence"] for e in entries])
+
+
+def metrics_document(labels, entries: list[dict], probabilities, domains, model) -> dict:
+    """metrics.json: the evaluator's aggregates from the outputs, intervals, and how the outputs were read."""
+    predicted = np.array([CLASS_IDS[e["class"]] for e in entries])
+    labels = np.asarray(labels)
+    document = {
+        "model": model.name, "threshold": model.threshold, "confidence_meaning": model.confidence,
+        "n": int(len(labels)), "n_atypical": int(labels.sum()),
+        "aggregates": evaluator_aggregates(labels, predicted, probabilities, domains),
+        "confidence_intervals_95": bootstrap_intervals(labels, predicted, probabilities),
+    }
+    # What the published evaluation code would report from these very files (see README).
+    as_published = _auc(labels, published_evaluator_scores(entries))
+    document["overall_roc_auc_as_the_published_evaluation_code_reads_confidence"] = as_published
+    return document
+
+
+def plot_evaluation(labels, probabilities, aggregates: dict, threshold: float, out_dir: Path) -> None:
+    """roc.png (with a bootstrapped 95% band), reliability.png, per_domain.png."""
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
+    figure, axes = plt.subplots(figsize=(5, 5))
+    band = get_bootstrapped_roc_ci_curves(probabilities, labels, num_bootstraps=200)
+    axes.fill_between(band.fpr_vals, band.low_tpr_vals, band.high_tpr_vals, alpha=0.25, label="95% band (bootstrap)")
+    fpr, tpr, _ = roc_curve(labels, probabilities)
+    axes.plot(fpr, tpr, color="black", label=f"ROC AUC {aggregates['overall_roc_auc']:.3f}")
+    axes.plot(1 - aggregates["overall_specificity"], aggregates["overall_sensitivity"], "o", color="crimson",
+              label=f"threshold {threshold:.3f}")
+    axes.plot([0, 1], [0, 1], ":", color="grey")
+    axes.set(xlabel="1 - specificity", ylabel="sensitivity (atypical)", aspect="equal", title="ROC")
+    axes.legend(loc="lower right", fontsize=8)
+    _save(figure, out_dir / "roc.png")
+
+    figure, axes = plt.subplots(figsize=(5, 5))
+    observed, predicted = calibration_curve(labels, probabilities, n_bins=10, strategy="quantile")
+    axes.plot(predicted, observed, "o-", label="model")
+    axes.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    axes.set(xlabel="predicted P(atypical), per decile", ylabel="observed share atypical", aspect="equal",
+             title="Reliability")
+    axes.legend(loc="upper left", fontsize=8)
+    _save(figure, out_dir / "reliability.png")
+
+    domains = {k.removeprefix("domain_"): v for k, v in aggregates.items() if k.startswith("domain_")}
+    figure, axes = plt.subplots(figsize=(max(4, 1.2 * len(domains) + 2), 3.5))
+    x = np.arange(len(domains))
+    for offset, metric in ((-0.2, "balanced_accuracy"), (0.2, "roc_auc")):
+        axes.bar(x + offset, [d[metric] for d in domains.values()], width=0.4, label=metric.replace("_", " "))
+    axes.set_xticks(x, [f"{name}\n(n={d['n']})" for name, d in domains.items()], fontsize=8)
+    axes.set(ylim=(0, 1), title="Per domain")
+    axes.legend(fontsize=8, loc="lower left")
+    _save(figure, out_dir / "per_domain.png")
+
+
+def _save(figure, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _write(out_dir: Path, document: dict, labels, probabilities, threshold) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    process.write_json(path=out_dir / "metrics.json", payload=document)  # atomic: never half-written
+    plot_evaluation(labels, probabilities, document["aggregates"], threshold, out_dir)
+    return document
+
+
+def evaluate_patches(model_dir: Path, samples, out_dir: Path, *, domain_key: str | None = None) -> dict:
+    """Score a labelled patch set with the exported model; write metrics.json, predictions and plots."""
+    model = process.load_model(model_dir=Path(model_dir))
+    pages = process.fit_pages(load_images(samples), height=model.height, width=model.width)
+    probabilities = process.predict(model, pages).astype(np.float64)
+    entries = [process.stack_entry(float(p), model) for p in probabilities]
+    labels = np.array([s.label for s in samples])
+    domains = [s.domain.get(domain_key, "all") if domain_key else "all" for s in samples]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "predictions.csv").open("w") as handle:
+        handle.write("sample_id,label,domain,p_atypical,class\n")
+        handle.writelines(f"{s.sample_id},{s.label},{d},{p:.6f},{e['class']}\n"
+                          for s, d, p, e in zip(samples, domains, probabilities, entries))
+    document = metrics_document(labels, entries, probabilities, domains, model)
+    return _write(out_dir, document, labels, probabilities, model.threshold)
+
+
+def _stack_case(stack: Path, folder: Path) -> Path:
+    """An input folder in the grand-challenge layout holding one stack (a link, not a copy)."""
+    images = folder / "images" / process.STACK_SLUG
+    images.mkdir(parents=True)
+    (images / stack.name).symlink_to(stack.resolve())
+    socket = {"image": {"name": stack.name},
+              "interface": {"slug": process.STACK_SLUG, "relative_path": f"images/{process.STACK_SLUG}"}}
+    (folder / "inputs.json").write_text(json.dumps([socket]))
+    return folder
+
+
+def read_ground_truth(path: Path) -> list[dict]:
+    """The official ground_truth.json, checked: one label and one domain per page."""
+    truth = json.loads(Path(path).read_text())
+    for index, case in enumerate(truth):
+        if not {"image", "labels", "tumordomains"} <= set(case):
+            raise ValueError(f"{path}: entry {index} lacks image, labels or tumordomains")
+        if len(case["labels"]) != len(case["tumordomains"]) or set(case["labels"]) - set(CLASS_IDS):
+            raise ValueError(f"{path}: entry {index} ({case['image']}): labels must be normal/atypical, one domain each")
+    return truth
+
+
+def evaluate_cases(model_dir: Path, stacks_dir: Path, ground_truth: Path, out_dir: Path) -> dict:
+    """Run the container's stack handler on every stack of ground_truth.json; evaluate the outputs."""
+    model = process.load_model(model_dir=Path(model_dir))
+    out_dir = Path(out_dir)
+    labels, domains, entries = [], [], []
+    for case in read_ground_truth(ground_truth):
+        stack = Path(stacks_dir) / case["image"]
+        if not stack.is_file():
+            raise FileNotFoundError(f"{stack}: named by {ground_truth} but not found")
+        with tempfile.TemporaryDirectory() as scratch:
+            input_dir = _stack_case(stack, Path(scratch))
+            sockets = process.read_sockets(input_dir=input_dir)
+            output = process.select_handler(sockets)(sockets=sockets, input_dir=input_dir, model=model,
+                                                     stopwatch=process.Stopwatch())
+        result = output[process.STACK_OUTPUT]
+        if len(result) != len(case["labels"]):
+            raise ValueError(f"{case['image']}: {len(result)} outputs for {len(case['labels'])} labels")
+        process.write_json(path=out_dir / "outputs" / f"{stack.stem}.json", payload=result)
+        labels += [CLASS_IDS[label] for label in case["labels"]]
+        domains += case["tumordomains"]
+        entries += result
+    probabilities = np.array([e["confidence"] if model.confidence == "p_atypical"
+                              else (e["confidence"] if e["class"] == "atypical" else 1 - e["confidence"])
+                              for e in entries])
+    document = metrics_document(labels, entries, probabilities, domains, model)
+    return _write(out_dir, document, labels, probabilities, model.threshold)
