@@ -118,14 +118,20 @@ def config_from_dict(values: dict, where: str = "config") -> ExperimentConfig:
     return build_dataclass(ExperimentConfig, values, where)
 
 
-def load_config(name_or_path: str) -> ExperimentConfig:
-    """Read a config by path, or by name from training/configs/."""
+def config_path(name_or_path: str, config_dir: Path, what: str = "config") -> Path:
+    """A YAML path as given, or `<config_dir>/<name>.yaml`; the error lists the names there."""
     path = Path(name_or_path)
     if not path.is_file():
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
+        path = Path(config_dir) / f"{name_or_path}.yaml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-        raise FileNotFoundError(f"no config {name_or_path!r} (a YAML path, or one of: {known})")
+        known = ", ".join(sorted(p.stem for p in Path(config_dir).glob("*.yaml")))
+        raise FileNotFoundError(f"no {what} {name_or_path!r} (a YAML path, or one of: {known})")
+    return path
+
+
+def load_config(name_or_path: str) -> ExperimentConfig:
+    """Read a config by path, or by name from training/configs/."""
+    path = config_path(name_or_path, CONFIG_DIR)
     return config_from_dict(yaml.safe_load(path.read_text()) or {}, where=str(path))
 
 

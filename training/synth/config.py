@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from training.config import DataConfig, build_dataclass
+from training.config import DataConfig, build_dataclass, config_path
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -136,12 +136,7 @@ def synth_config_from_dict(values: dict, where: str = "synth config") -> SynthCo
 
 def load_synth_config(name_or_path: str) -> SynthConfig:
     """Read a config by path, or by name from training/synth/configs/."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-        raise FileNotFoundError(f"no generator config {name_or_path!r} (a YAML path, or one of: {known})")
+    path = config_path(name_or_path, CONFIG_DIR, "generator config")
     return synth_config_from_dict(yaml.safe_load(path.read_text()) or {}, where=str(path))
 
 
