@@ -256,7 +256,7 @@ def plot_study(results: dict, study_dir: Path) -> None:
     _save(figure, study_dir / "study_folds.png")
     if not results["differences"]:
         return
-    figure, axes = plt.subplots(figsize=(6, 1 + 0.6 * len(results["differences"]) * 2))
+    figure, axes = plt.subplots(figsize=(8, 1.5 + 0.6 * len(results["differences"]) * 2))
     rows = [(f"{name}: {metric.replace('_', ' ')}", d) for name, diff in results["differences"].items()
             for metric, d in diff.items()]
     for y, (label, d) in enumerate(rows):
@@ -265,7 +265,7 @@ def plot_study(results: dict, study_dir: Path) -> None:
                       fmt="s", color="black", capsize=3)
     axes.axvline(0, color="grey", lw=1)
     axes.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
-    axes.set(xlabel="difference to the baseline (per fold; mean and 95% t-interval)")
+    axes.set(xlabel="config - baseline: per fold (dots), mean and 95% t-interval (bar)")
     _save(figure, study_dir / "study_differences.png")
 
 
