@@ -85,7 +85,7 @@ def report(name: str, title: str, headers: Sequence[str], rows: Sequence[Sequenc
         f"#### {title}",
         "",
         f"- machine: {machine()}",
-        f"- versions: {versions(*packages)}",
+        *([f"- versions: {versions(*packages)}"] if packages else []),  # none: what runs is inside an image
         f"- load average when measuring began: {state}; when the table was written: {load_average()}",
         f"- measured {time.strftime('%Y-%m-%d %H:%M %Z')} with `{' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}`",
         "",
