@@ -315,10 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def run_command(parser: argparse.ArgumentParser, argv=None) -> int:
+    """Parse `argv` and run the chosen command; a problem the user can fix is one line and exit code 1."""
+    args = parser.parse_args(argv)
     try:
         return args.entry(args)
     except (FileNotFoundError, KeyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+
+
+def main(argv=None) -> int:
+    return run_command(build_parser(), argv)

@@ -8,7 +8,6 @@ patches), and `all` (every step for a list of folds, skipping what is finished).
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 from training.synth.networks import DIT_VARIANTS
@@ -250,9 +249,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.entry(args)
-    except (FileNotFoundError, KeyError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    from training.cli import run_command  # here, not at the top: training.cli imports this module
+
+    return run_command(build_parser(), argv)
