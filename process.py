@@ -83,6 +83,7 @@ RELATIVE_PATHS = {
 POINTS_TYPES = ("Multiple points", "Mulitple points")
 POINTS_VERSION = {"major": 1, "minor": 0}
 IMAGE_SUFFIXES = (".tif", ".tiff", ".mha")
+MAX_LISTED = 10  # file names an error message lists at most
 BATCH_SIZE = 64  # pages per session.run: bounds activation memory for long stacks
 MODEL_FORMAT_VERSION = 1
 # "p_atypical": P(atypical) whatever the class (the Track 2 contract this project follows);
@@ -220,24 +221,44 @@ def socket_path(socket: dict[str, Any], *, input_dir: Path) -> Path:
     return input_dir / relative_path
 
 
-def socket_image_path(socket: dict[str, Any], *, input_dir: Path) -> Path:
-    """`<input_dir>/<relative_path>/<image.name>`, or the only image there when the name is absent."""
-    slug = socket["interface"]["slug"]
-    folder = socket_path(socket, input_dir=input_dir)
+def uploaded_name(socket: dict[str, Any]) -> str | None:
+    """inputs.json's image.name: the name the image had when it was uploaded (None when absent)."""
     image = socket.get("image")
     name = image.get("name") if isinstance(image, dict) else None
-    if name is None:
-        images = list_images(folder)
-        if len(images) != 1:
-            raise InputError(f"inputs.json names no image for socket {slug}, and {folder} "
-                             f"holds {len(images)} images (need exactly one)")
+    return name if isinstance(name, str) and name != "" else None
+
+
+def is_plain_file_name(name: str) -> bool:
+    """A name that, joined to a folder, stays directly inside it."""
+    return Path(name).name == name and name not in (".", "..")
+
+
+def socket_image_path(socket: dict[str, Any], *, input_dir: Path) -> Path:
+    """The image file of an image socket: `<input_dir>/<relative_path>/`'s one image, whatever its name.
+
+    On grand-challenge that file carries the platform's own name (a UUID, `.tif`/`.tiff` or `.mha`)
+    and inputs.json's image.name is the name it was uploaded under, which the evaluator uses to find
+    the ground truth. A file called image.name is used when the folder holds one (cases made by
+    hand); otherwise the name is only logged. Only files directly in the folder are considered.
+    """
+    slug = socket["interface"]["slug"]
+    folder = socket_path(socket, input_dir=input_dir)
+    name = uploaded_name(socket)
+    if name is not None and is_plain_file_name(name) and (folder / name).is_file():
+        return folder / name
+    images = list_images(folder)
+    if len(images) == 1:
+        if name is not None:
+            log(f"socket {slug}: uploaded as {name!r}, on disk as {images[0].name}")
         return images[0]
-    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-        raise InputError(f"inputs.json: socket {slug} has an invalid image.name {name!r}")
-    path = folder / name
-    if not path.is_file():
-        raise InputError(f"image file not found: {path}")
-    return path
+    named = f"inputs.json's image.name: {name!r}" if name is not None else "inputs.json names no image"
+    if not images:
+        missing = ", which does not exist" if not folder.is_dir() else ""
+        raise InputError(f"no image file ({', '.join(IMAGE_SUFFIXES)}) for socket {slug} in {folder}{missing} "
+                         f"({named})")
+    listed = ", ".join(image.name for image in images[:MAX_LISTED]) + (", ..." if len(images) > MAX_LISTED else "")
+    raise InputError(f"{folder} holds {len(images)} image files for socket {slug} ({listed}) and none of them "
+                     f"is the named one ({named}); expected the socket's one image")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,10 +266,21 @@ def socket_image_path(socket: dict[str, Any], *, input_dir: Path) -> Path:
 
 
 def find_model_dir(candidates: Sequence[Path]) -> Path:
-    """The first candidate folder holding a model.json (grand-challenge may leave /opt/ml/model empty)."""
+    """The first candidate folder holding a model.json; an empty or absent one is skipped.
+
+    Grand-challenge extracts an uploaded model tarball into /opt/ml/model/ and leaves that folder
+    empty when none was uploaded. A folder with files but no model.json is an upload gone wrong
+    (most often a tarball of the model folder rather than of its files), never a reason to fall back
+    to the model baked into the image.
+    """
     for folder in candidates:
         if (folder / "model.json").is_file():
             return folder
+        if folder.is_dir() and any(folder.iterdir()):
+            nested = sorted(folder.glob("*/model.json"))
+            hint = (f": it lies one folder down, at {nested[0]} (pack the files of the model folder, not the folder: "
+                    "./build.sh --save writes such a tarball)") if nested else ""
+            raise InputError(f"{folder} holds files but no model.json{hint}")
     raise InputError(f"no model.json in {' or '.join(str(folder) for folder in candidates)}")
 
 
@@ -727,8 +759,9 @@ def run(*, input_dir: Path, output_dir: Path, model_dirs: Sequence[Path], stopwa
     sockets = read_sockets(input_dir=input_dir)
     handler = select_handler(sockets)
     with stopwatch.phase("load"):
-        model = load_model(model_dir=find_model_dir(model_dirs))
-    log(f"model {model.name}, provider {model.provider}, load {stopwatch.ms('load')}")
+        model_dir = find_model_dir(model_dirs)
+        model = load_model(model_dir=model_dir)
+    log(f"model {model.name} from {model_dir}, provider {model.provider}, load {stopwatch.ms('load')}")
     outputs = handler(sockets=sockets, input_dir=input_dir, model=model, stopwatch=stopwatch)
     with stopwatch.phase("write"):
         for name, payload in outputs.items():

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run the container the way grand-challenge runs it on the sample cases, and compare each output with
-# its golden output (scripts/compare_outputs.py): test/input/ (the stack interface) against
-# test/expected_output.json, and test/points/input/ (whole image + candidate points) against
-# test/points/expected_output.json. Ends with one line: PASS (every case matched) or FAIL: <reason>.
+# its golden output (scripts/compare_outputs.py): the stack interface's cases test/input/ (.tiff),
+# test/mha/input/ (.mha) and test/hand-named/input/ against test/expected_output.json, and
+# test/points/input/ (whole image + candidate points) against test/points/expected_output.json.
+# Ends with one line: PASS (every case matched) or FAIL: <reason>.
 #
 # The platform's conditions: no network, /input read-only, /output writable, a scratch /tmp, the
 # model baked into the image (or, with --model-tarball, an uploaded model at /opt/ml/model/), a
@@ -15,8 +16,14 @@ cd "$ROOT"
 
 TAG="midog25-atypical:latest"
 # The default cases, as "input folder:golden output". The golden output's form (a JSON list, or a
-# Multiple points object) says which file the container must write.
-CASES=("test/input:test/expected_output.json" "test/points/input:test/points/expected_output.json")
+# Multiple points object) says which file the container must write. The first two and the points case
+# are laid out as grand-challenge lays out /input (the image under a UUID name, its upload name in
+# inputs.json): the stack as a multi-page .tiff and as a 3-D RGB .mha. The hand-named case has the
+# file under its upload name, as cases made by hand often do. The three stacks hold the same pixels.
+CASES=("test/input:test/expected_output.json"
+       "test/mha/input:test/expected_output.json"
+       "test/hand-named/input:test/expected_output.json"
+       "test/points/input:test/points/expected_output.json")
 INPUT_DIR=""
 EXPECTED=""
 MODEL_DIR="model"
@@ -35,10 +42,11 @@ Usage: ./test.sh [--local] [--model-tarball] [--input DIR] [--expected FILE] [--
                  [--tag NAME] [--build] [--gpus | --cpu] [--memory SIZE] [--keep]
 
 Runs the image (built first with ./build.sh when missing) on each sample case like grand-challenge
-does and compares its output with the case's golden output: test/input/ (the stack interface) with
-test/expected_output.json, test/points/input/ (whole image + candidate points) with
-test/points/expected_output.json. Prints PASS (exit 0) when every case matches, else
-FAIL: <reason> (exit 1).
+does and compares its output with the case's golden output: test/input/, test/mha/input/ and
+test/hand-named/input/ (the stack interface: .tiff and .mha under UUID names as the platform
+stores them, and a file under its upload name) with test/expected_output.json, test/points/input/
+(whole image + candidate points) with test/points/expected_output.json. Prints PASS (exit 0) when
+every case matches, else FAIL: <reason> (exit 1).
 
   --local          no Docker: .venv/bin/python process.py --input DIR --output TMP --model DIR
                    (runs ./setup.sh first when .venv/ is missing)

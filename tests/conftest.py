@@ -1,6 +1,8 @@
 """Shared fixtures: a fake model folder and grand-challenge-shaped input folders, built in tmp_path."""
 
 import json
+import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -49,13 +51,31 @@ def fake_model_dir(tmp_path_factory) -> Path:
     return write_fake_model(tmp_path_factory.mktemp("fake-model"))
 
 
+def platform_file_name(suffix: str) -> str:
+    """The name grand-challenge gives an image socket's file: a UUID with the image's suffix."""
+    return f"{uuid.uuid4()}{suffix}"
+
+
+def only_file(folder: Path) -> Path:
+    """The one file in `folder` (a socket folder of a case these fixtures made)."""
+    (path,) = [path for path in folder.iterdir() if path.is_file()]
+    return path
+
+
 @pytest.fixture
 def make_case(tmp_path):
-    """Factory: write pages as an official input folder (inputs.json + images/<slug>/<name>); return it."""
+    """Factory: write pages as grand-challenge lays out a case; return the input folder.
 
-    def make(pages: np.ndarray, *, name: str = "stack.tif", inputs_json: bool = True, **tiff_options) -> Path:
+    The image lies in images/<slug>/ under a UUID name (`on_disk`, to make a case by hand), and
+    inputs.json's image.name is `name`, the name it was uploaded under.
+    """
+
+    def make(pages: np.ndarray, *, name: str = "stack.tif", on_disk: str | None = None, inputs_json: bool = True,
+             **tiff_options) -> Path:
         input_dir = tmp_path / "input"
-        write_image(input_dir / "images" / STACK_SLUG / name, pages, **tiff_options)
+        shutil.rmtree(input_dir, ignore_errors=True)  # a second case replaces the first
+        write_image(input_dir / "images" / STACK_SLUG / (on_disk or platform_file_name(Path(name).suffix)), pages,
+                    **tiff_options)
         if inputs_json:
             (input_dir / "inputs.json").write_text(json.dumps([stack_socket(name)], indent=4))
         return input_dir

@@ -6,6 +6,7 @@ each probability is checked against crops cut by hand (numpy padding and slicing
 """
 
 import json
+import shutil
 import re
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import tifffile
 import crops
 import process
 from scripts.compare_outputs import points_contract_problems
+from tests.conftest import only_file, platform_file_name
 from tests.fake_model import fake_probability, write_fake_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,10 +90,13 @@ def write_roi(path: Path, image: np.ndarray, *, spacing_mm=SPACING_MM, origin_mm
 def make_points_case(tmp_path):
     """Factory: an input folder with the image, the points as a file / inline value / CSV, and inputs.json."""
 
-    def make(image: np.ndarray, points, *, form: str = "file", name: str = "roi.tif", inputs_json: bool = True,
-             **image_options) -> Path:
+    def make(image: np.ndarray, points, *, form: str = "file", name: str = "roi.tif", on_disk: str | None = None,
+             inputs_json: bool = True, **image_options) -> Path:
+        """`name` is the upload name in inputs.json; the image lies under `on_disk`, by default a UUID as on
+        grand-challenge."""
         input_dir = tmp_path / "input"
-        write_roi(input_dir / ROI_FOLDER / name, image, **image_options)
+        shutil.rmtree(input_dir, ignore_errors=True)  # a second case replaces the first
+        write_roi(input_dir / ROI_FOLDER / (on_disk or platform_file_name(Path(name).suffix)), image, **image_options)
         if form == "csv":
             (input_dir / "candidate-points.csv").write_text("x,y\n" + "".join(f"{x},{y}\n" for x, y in points))
             sockets = [image_socket(name), csv_socket()]
@@ -105,6 +110,11 @@ def make_points_case(tmp_path):
         return input_dir
 
     return make
+
+
+def roi_file(input_dir: Path) -> Path:
+    """The one image of a case's region-of-interest socket folder."""
+    return only_file(input_dir / ROI_FOLDER)
 
 
 def run_main(input_dir: Path, output_dir: Path, model_dir: Path, capsys) -> tuple[int, str]:
@@ -250,6 +260,15 @@ def test_track1_reference_spelling_is_read(make_points_case, fake_model_dir, tmp
     assert len(output["points"]) == 2 and "Track 1 reference" in stderr
 
 
+@pytest.mark.parametrize("on_disk", [None, "roi.tif"], ids=["platform UUID name", "hand-named"])
+def test_the_image_found_whatever_its_name(make_points_case, fake_model_dir, tmp_path, capsys, on_disk):
+    input_dir = make_points_case(IMAGE, multiple_points(to_mm(PIXELS[:3])), name="roi.tif", on_disk=on_disk)
+    output, stderr = read_output(input_dir, tmp_path, fake_model_dir, capsys)
+    probabilities = [item["probability"] for item in output["points"]]
+    np.testing.assert_allclose(probabilities, expected_probabilities(IMAGE, PIXELS[:3]), atol=1e-6)
+    assert ("uploaded as 'roi.tif', on disk as" in stderr) == (on_disk is None)
+
+
 def test_without_inputs_json_the_only_image_and_its_points_file(make_points_case, fake_model_dir, tmp_path, capsys):
     input_dir = make_points_case(IMAGE, multiple_points(to_mm(PIXELS[:3])), inputs_json=False)
     output, stderr = read_output(input_dir, tmp_path, fake_model_dir, capsys)
@@ -314,7 +333,7 @@ def test_an_image_without_a_spacing_is_cut_as_it_is(make_points_case, fake_model
 def test_greyscale_image(make_points_case, fake_model_dir, tmp_path, capsys):
     grey = IMAGE[..., 0]
     input_dir = make_points_case(IMAGE, multiple_points(to_mm(PIXELS[:2])), name="roi.mha")
-    sitk.WriteImage(sitk.GetImageFromArray(grey), str(input_dir / ROI_FOLDER / "roi.mha"))  # spacing 1 mm now
+    sitk.WriteImage(sitk.GetImageFromArray(grey), str(roi_file(input_dir)))  # spacing 1 mm now
     output, _ = read_output(input_dir, tmp_path, fake_model_dir, capsys)
     expected = fake_probability(np.stack([hand_crop(np.repeat(grey[..., None], 3, -1), 0, 0)] * 2))
     np.testing.assert_allclose([item["probability"] for item in output["points"]], expected, atol=1e-6)
@@ -355,10 +374,11 @@ POINT_FAULTS = {
     "no points socket": (set_sockets(image_socket()), "neither"),
     "both points sockets": (set_sockets(image_socket(), points_socket(), csv_socket()), "mitotic-figures and candidate-points"),
     "unknown sockets only": (set_sockets({"interface": {"slug": "histopathology-region"}}), "histopathology-region"),
-    "corrupt image": (lambda d: (d / ROI_FOLDER / "roi.tif").write_bytes(b"II*\0" + b"junk" * 50), "roi.tif"),
-    "missing image": (lambda d: (d / ROI_FOLDER / "roi.tif").unlink(), "image file not found"),
+    "corrupt image": (lambda d: roi_file(d).write_bytes(b"II*\0" + b"junk" * 50), "cannot read image"),
+    "missing image": (lambda d: roi_file(d).unlink(), "no image file (.tif, .tiff, .mha) for socket " + ROI_SLUG),
+    "two images, neither named": (lambda d: write_roi(d / ROI_FOLDER / "other.tif", IMAGE), "holds 2 image files"),
     "a stack, not one image": (
-        lambda d: tifffile.imwrite(d / ROI_FOLDER / "roi.tif", np.zeros((3, 20, 20, 3), np.uint8), photometric="rgb"),
+        lambda d: tifffile.imwrite(roi_file(d), np.zeros((3, 20, 20, 3), np.uint8), photometric="rgb"),
         "expected one 2-D region of interest"),
     "unsafe relative path": (
         set_sockets(image_socket(), {**points_socket(), "interface": {"slug": "mitotic-figures", "relative_path": "../x.json"}}),

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import SimpleITK as sitk
 from onnx import numpy_helper
 
 import process
-from tests.conftest import STACK_SLUG, stack_socket, write_image
+from scripts.compare_outputs import contract_problems
+from tests.conftest import STACK_SLUG, only_file, platform_file_name, stack_socket, write_image
 from tests.fake_model import build_fake_graph, fake_probability, write_fake_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +57,11 @@ def assert_failed(result: subprocess.CompletedProcess, output_dir: Path, mention
     assert mentions in error_lines[0], error_lines[0]
     assert "Traceback" not in result.stderr
     assert not output_dir.exists() or list(output_dir.iterdir()) == []
+
+
+def stack_file(input_dir: Path) -> Path:
+    """The one image of a case's stack socket folder."""
+    return only_file(input_dir / "images" / STACK_SLUG)
 
 
 def rewrite_graph(model_dir: Path, **initialisers: float) -> Path:
@@ -235,6 +243,74 @@ def test_image_name_null_uses_the_only_image(make_case, fake_model_dir, tmp_path
     check_probabilities(input_dir, fake_model_dir, tmp_path, pages)
 
 
+# ---------------------------------------------------------------------------------------------
+# where the image lies: grand-challenge names the file itself; image.name is the upload name
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".tiff", ".mha"])
+def test_platform_names_the_file_inputs_json_the_upload(make_case, fake_model_dir, tmp_path, suffix):
+    pages = brightness_pages([30, 120, 200])
+    input_dir = make_case(pages, name="the_original_filename_of_the_file_that_was_uploaded.suffix",
+                          on_disk=platform_file_name(suffix))
+    stderr = check_probabilities(input_dir, fake_model_dir, tmp_path, pages)
+    on_disk = stack_file(input_dir).name
+    assert f"uploaded as 'the_original_filename_of_the_file_that_was_uploaded.suffix', on disk as {on_disk}" in stderr
+
+
+def test_a_file_under_the_upload_name_is_preferred(make_case, fake_model_dir, tmp_path):
+    """Hand-made cases name the file as inputs.json does; that file wins over any other image there."""
+    pages = brightness_pages([60, 190])
+    input_dir = make_case(pages, name="stack.tif", on_disk="stack.tif")
+    write_image(input_dir / "images" / STACK_SLUG / f"{platform_file_name('.mha')}", brightness_pages([10, 10, 10]))
+    check_probabilities(input_dir, fake_model_dir, tmp_path, pages)
+
+
+def test_a_converted_stack_as_3d_rgb_mha(make_case, fake_model_dir, tmp_path):
+    """A stack as panimg writes a converted one: 3-D (pages x height x width), RGB vector pixels, compressed."""
+    pages = brightness_pages([30, 90, 150, 210])
+    input_dir = make_case(pages, name="stack_5.tiff", on_disk=platform_file_name(".mha"))
+    path = stack_file(input_dir)
+    sitk.WriteImage(sitk.GetImageFromArray(pages, isVector=True), str(path), useCompression=True)
+    image = sitk.ReadImage(str(path))
+    assert (image.GetDimension(), image.GetNumberOfComponentsPerPixel(), image.GetSize()) == (3, 3, (128, 128, 4))
+    check_probabilities(input_dir, fake_model_dir, tmp_path, pages)
+
+
+def test_the_organisers_example_input(fake_model_dir, tmp_path):
+    """The layout of the organisers' test/input/interf0/ (made by grand-challenge-forge): a 1x1 2-D float
+    .mha under a UUID name, and an inputs.json naming a file that is not there. One page, one answer."""
+    input_dir = tmp_path / "interf0"
+    placeholder = sitk.Image([1, 1], sitk.sitkFloat64)
+    placeholder.SetPixel([0, 0], 1.0)
+    write_path = input_dir / "images" / STACK_SLUG / "a67a1ea8-901e-40bb-8966-0bc3e3e7fe17.mha"
+    write_path.parent.mkdir(parents=True)
+    sitk.WriteImage(placeholder, str(write_path))
+    socket = stack_socket("the_original_filename_of_the_file_that_was_uploaded.suffix")
+    (input_dir / "inputs.json").write_text(json.dumps([socket], indent=4))
+    expected = np.zeros((1, 128, 128, 3), np.uint8)
+    expected[0, 63, 63] = 255  # the white pixel, centre-padded with black
+    stderr = check_probabilities(input_dir, fake_model_dir, tmp_path, expected)
+    assert "1x1 centre-cropped/padded to 128x128" in stderr
+    results = json.loads((tmp_path / "output" / OUTPUT_NAME).read_text())
+    assert contract_problems(results, label="output") == []
+
+
+def test_an_unsafe_upload_name_is_never_opened(make_case, fake_model_dir, tmp_path):
+    """image.name is not a path: '../x.tif' names no file in the socket folder, so its one image is used."""
+    pages = brightness_pages([80, 160])
+    input_dir = make_case(pages, name="../decoy.tif")
+    write_image(input_dir / "images" / "decoy.tif", brightness_pages([5, 5, 5]))
+    check_probabilities(input_dir, fake_model_dir, tmp_path, pages)
+
+
+def test_input_folder_reached_through_a_symlink(make_case, fake_model_dir, tmp_path):
+    """The platform's /input is a symlink to a per-job folder."""
+    pages = brightness_pages([40, 140])
+    linked = tmp_path / "input-link"
+    linked.symlink_to(make_case(pages), target_is_directory=True)
+    check_probabilities(linked, fake_model_dir, tmp_path, pages)
+
+
 def test_official_inputs_json_with_other_sockets(make_case, fake_model_dir, tmp_path):
     pages = brightness_pages([70, 170])
     input_dir = make_case(pages)
@@ -286,27 +362,24 @@ INPUT_FAULTS = {
     "unknown slug": (
         lambda d: (d / "inputs.json").write_text(json.dumps([{"interface": {"slug": "histopathology-region"}}])),
         "histopathology-region"),
-    "missing image file": (lambda d: (d / "images" / STACK_SLUG / "stack.tif").unlink(), "stack.tif"),
+    "no image file": (lambda d: stack_file(d).unlink(), "no image file (.tif, .tiff, .mha) for socket"),
+    "no socket folder": (lambda d: shutil.rmtree(d / "images"), "which does not exist"),
+    "only a file of another type": (
+        lambda d: stack_file(d).rename(d / "images" / STACK_SLUG / "stack.png"), "no image file"),
     "no image named, none there": (
-        lambda d: ((d / "inputs.json").write_text(json.dumps([stack_socket(None)])),
-                   (d / "images" / STACK_SLUG / "stack.tif").unlink()),
-        "0 images"),
-    "corrupt image": (lambda d: (d / "images" / STACK_SLUG / "stack.tif").write_bytes(b"II*\0" + b"junk" * 50),
-                      "stack.tif"),
-    "truncated image": (
-        lambda d: (d / "images" / STACK_SLUG / "stack.tif").write_bytes(
-            (d / "images" / STACK_SLUG / "stack.tif").read_bytes()[:3000]),
-        "stack.tif"),
+        lambda d: ((d / "inputs.json").write_text(json.dumps([stack_socket(None)])), stack_file(d).unlink()),
+        "inputs.json names no image"),
+    "two images, neither named": (
+        lambda d: write_image(d / "images" / STACK_SLUG / "0b7e-second.mha", brightness_pages([9])),
+        "holds 2 image files for socket stacked-histopathology-roi-cropouts (0b7e-second.mha, "),
+    "corrupt image": (lambda d: stack_file(d).write_bytes(b"II*\0" + b"junk" * 50), "cannot read image"),
+    "truncated image": (lambda d: stack_file(d).write_bytes(stack_file(d).read_bytes()[:3000]), "cannot read image"),
     "zero pages": (
-        lambda d: ((d / "inputs.json").write_text(json.dumps([stack_socket("empty.mha")])),
-                   write_zero_page_mha(d / "images" / STACK_SLUG / "empty.mha")),
+        lambda d: (stack_file(d).unlink(), write_zero_page_mha(d / "images" / STACK_SLUG / "empty.mha")),
         "no pages"),
     "float outside [0, 1]": (
-        lambda d: write_image(d / "images" / STACK_SLUG / "stack.tif", np.full((2, 128, 128, 3), 3.5, np.float32)),
-        "[0, 1]"),
-    "negative int16": (
-        lambda d: write_image(d / "images" / STACK_SLUG / "stack.tif", np.full((2, 128, 128, 3), -4, np.int16)),
-        "int16"),
+        lambda d: write_image(stack_file(d), np.full((2, 128, 128, 3), 3.5, np.float32)), "[0, 1]"),
+    "negative int16": (lambda d: write_image(stack_file(d), np.full((2, 128, 128, 3), -4, np.int16)), "int16"),
 }
 
 
@@ -332,6 +405,26 @@ MODEL_FAULTS = {
     "NaN output": (lambda d: rewrite_graph(d, bias=float("nan")), "NaN"),
     "unknown confidence meaning": (lambda d: set_key(d, "confidence", "p_normal"), "confidence"),
 }
+
+
+def test_an_empty_upload_folder_falls_back_to_the_baked_in_model(fake_model_dir, tmp_path):
+    """Grand-challenge leaves /opt/ml/model/ empty when no model tarball was uploaded."""
+    upload = tmp_path / "opt-ml-model"
+    upload.mkdir()
+    assert process.find_model_dir([upload, fake_model_dir]) == fake_model_dir
+    assert process.find_model_dir([tmp_path / "absent", fake_model_dir]) == fake_model_dir
+
+
+def test_a_misshapen_upload_is_an_error_not_a_fallback(fake_model_dir, tmp_path):
+    """A tarball of the model folder (model/model.json) instead of its files must not run the baked-in model."""
+    upload = tmp_path / "opt-ml-model"
+    shutil.copytree(fake_model_dir, upload / "model")
+    with pytest.raises(process.InputError, match=r"no model.json: it lies one folder down, at .*model/model.json"):
+        process.find_model_dir([upload, fake_model_dir])
+    shutil.rmtree(upload / "model")
+    (upload / "notes.txt").write_text("not a model")
+    with pytest.raises(process.InputError, match="holds files but no model.json$"):
+        process.find_model_dir([upload, fake_model_dir])
 
 
 @pytest.mark.parametrize("fault", list(MODEL_FAULTS))

@@ -1,6 +1,7 @@
 """Tests of training/sample_stack.py, the project's synthetic sample input."""
 
 import json
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -67,22 +68,48 @@ def test_tiff_round_trip_through_simpleitk(stack, tmp_path):
         assert page.tags["XResolution"].value == (40000, 1)  # 0.25 um/px
 
 
-def test_sample_case_layout(tmp_path):
+@pytest.mark.parametrize("layout", list(sample_stack.LAYOUTS))
+def test_sample_case_layout(tmp_path, layout):
+    """Laid out as grand-challenge does: the one image in the socket folder, its upload name in inputs.json,
+    and the file itself named by the platform (a UUID) unless hand-named."""
+    import process
     from training.cli import main as training_cli
 
-    assert training_cli(["make-sample", "--out", str(tmp_path / "case"), "--pages", "3", "--seed", "2"]) == 0
-    sockets = json.loads((tmp_path / "case" / "inputs.json").read_text())
+    case = tmp_path / "case"
+    arguments = ["make-sample", "--out", str(case), "--pages", "3", "--seed", "2", "--layout", layout]
+    assert training_cli(arguments) == 0
+    sockets = json.loads((case / "inputs.json").read_text())
     assert len(sockets) == 1
     interface = sockets[0]["interface"]
-    assert interface["slug"] == "stacked-histopathology-roi-cropouts"
-    image = tmp_path / "case" / interface["relative_path"] / sockets[0]["image"]["name"]
-    assert image.name == "stack_sample.tiff"
-    np.testing.assert_array_equal(tifffile.imread(image), sample_stack.render_stack(3, seed=2))
+    assert (interface["slug"], interface["relative_path"]) == (process.STACK_SLUG, f"images/{process.STACK_SLUG}")
+    (image,) = (case / interface["relative_path"]).iterdir()
+    upload_name = sockets[0]["image"]["name"]
+    suffix, hand_named = sample_stack.LAYOUTS[layout]
+    assert image.suffix == suffix and Path(upload_name).suffix == suffix
+    if hand_named:
+        assert image.name == upload_name == "stack_sample.tiff"
+    else:
+        assert image.name != upload_name
+        assert uuid.UUID(image.stem).version == 4
+    if suffix == ".mha":
+        itk_image = sitk.ReadImage(str(image))
+        assert (itk_image.GetDimension(), itk_image.GetNumberOfComponentsPerPixel()) == (3, 3)
+    assert process.socket_image_path(sockets[0], input_dir=case) == image
+    np.testing.assert_array_equal(process.read_stack(path=image), sample_stack.render_stack(3, seed=2))
 
 
-def test_committed_sample_case_is_the_renderers_output(tmp_path):
-    """test/input/ is made by the project (seed 0, 16 pages), not copied from elsewhere."""
-    repo_case = Path(__file__).resolve().parents[1] / "test" / "input"
-    sample_stack.write_sample_case(tmp_path / "case", seed=0, n_pages=16)
-    for relative in ("inputs.json", f"images/{sample_stack.STACK_SLUG}/{sample_stack.SAMPLE_NAME}"):
-        assert (tmp_path / "case" / relative).read_bytes() == (repo_case / relative).read_bytes(), relative
+def test_committed_sample_cases_are_the_renderers_output(tmp_path):
+    """Every case under test/ is made by the project (seed 0, 16 pages), not copied from elsewhere."""
+    from training.cli import SAMPLE_CASES
+    from training.cli import main as training_cli
+
+    repo = Path(__file__).resolve().parents[1]
+    for folder in SAMPLE_CASES:
+        arguments = ["make-sample", "--out", str(tmp_path / folder), "--seed", "0", "--pages", "16"]
+        layout = SAMPLE_CASES[folder]
+        assert training_cli(arguments + (["--points"] if layout is None else ["--layout", layout])) == 0
+        written = sorted(path.relative_to(tmp_path) for path in (tmp_path / folder).rglob("*") if path.is_file())
+        committed = sorted(path.relative_to(repo) for path in (repo / folder).rglob("*") if path.is_file())
+        assert written == committed, folder
+        for relative in written:
+            assert (tmp_path / relative).read_bytes() == (repo / relative).read_bytes(), relative

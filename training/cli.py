@@ -6,6 +6,7 @@ library; the work itself lives in the modules (crossval, export, splits, sample_
 
 import argparse
 import dataclasses
+import shutil
 import sys
 from pathlib import Path
 
@@ -174,19 +175,39 @@ def _evaluation_samples(args):
     return [samples[i] for i in val_index]
 
 
-def make_sample_entry(args) -> int:
-    if args.points:
-        from training.sample_roi import write_roi_case
+# The committed sample cases under test/ (folder -> stack layout, or None for the points case); test.sh runs
+# the three stack cases against test/expected_output.json and the points case against its own.
+SAMPLE_CASES = {
+    "test/input": "platform",
+    "test/mha/input": "platform-mha",
+    "test/hand-named/input": "hand-named",
+    "test/points/input": None,
+}
 
-        out = Path(args.out or "test/points/input")
-        write_roi_case(out, seed=args.seed)
-        print(f"make-sample: a whole image with candidate points -> {out}")
-        return 0
+
+def write_sample(out: Path, *, layout: str | None, seed: int, pages: int) -> str:
+    """Write one sample case; return what it holds, for the log line."""
+    from training.sample_roi import write_roi_case
     from training.sample_stack import write_sample_case
 
-    out = Path(args.out or "test/input")
-    write_sample_case(out, seed=args.seed, n_pages=args.pages)
-    print(f"make-sample: {args.pages} pages -> {out}")
+    if layout is None:
+        write_roi_case(out, seed=seed)
+        return "a whole image with candidate points"
+    write_sample_case(out, seed=seed, n_pages=pages, layout=layout)
+    return f"{pages} pages, {layout} layout"
+
+
+def make_sample_entry(args) -> int:
+    if args.all:
+        cases = [(Path(folder), layout) for folder, layout in SAMPLE_CASES.items()]
+    else:
+        layout = None if args.points else args.layout
+        default = next(folder for folder, case_layout in SAMPLE_CASES.items() if case_layout == layout)
+        cases = [(Path(args.out or default), layout)]
+    for out, layout in cases:
+        if out.exists():
+            shutil.rmtree(out)  # a UUID-named file of another seed must not stay beside the new one
+        print(f"make-sample: {write_sample(out, layout=layout, seed=args.seed, pages=args.pages)} -> {out}")
     return 0
 
 
@@ -292,10 +313,17 @@ def _add_report_command(commands) -> None:
 
 
 def _add_sample_command(commands) -> None:
+    from training.sample_stack import LAYOUTS
+
     sample = commands.add_parser("make-sample", help="render the project's synthetic sample cases (grand-challenge layout)")
+    sample.add_argument("--all", action="store_true", help=f"every committed case: {', '.join(SAMPLE_CASES)}")
     sample.add_argument("--points", action="store_true",
                         help="the whole-image case (image + candidate points) instead of a stack of crops")
-    sample.add_argument("--out", help="case folder to write (default: test/input, or test/points/input with --points)")
+    sample.add_argument("--layout", choices=list(LAYOUTS), default="platform",
+                        help="platform: the stack under a UUID name as grand-challenge stores it (.tiff); platform-mha: "
+                             "the same as a 3-D RGB .mha; hand-named: under its upload name (default: platform)")
+    sample.add_argument("--out", help="case folder to write, replaced if it exists (default: the committed case's "
+                                      "folder under test/)")
     sample.add_argument("--seed", type=int, default=0, help="rendering seed (default: 0)")
     sample.add_argument("--pages", type=int, default=16, help="number of pages of the stack (default: 16)")
     sample.set_defaults(entry=make_sample_entry)

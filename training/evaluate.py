@@ -18,6 +18,7 @@ grand-challenge-metrics (`get_bootstrapped_roc_ci_curves`).
 
 import json
 import tempfile
+import uuid
 from pathlib import Path
 
 import matplotlib
@@ -169,10 +170,13 @@ def evaluate_patches(model_dir: Path, samples, out_dir: Path, *, domain_key: str
 
 
 def _stack_case(stack: Path, folder: Path) -> Path:
-    """An input folder in the grand-challenge layout holding one stack (a link, not a copy)."""
+    """An input folder laid out as grand-challenge lays it out, holding one stack (a link, not a copy).
+
+    As on the platform, the file carries a UUID name and inputs.json its upload name.
+    """
     images = folder / "images" / process.STACK_SLUG
     images.mkdir(parents=True)
-    (images / stack.name).symlink_to(stack.resolve())
+    (images / f"{uuid.uuid4()}{stack.suffix}").symlink_to(stack.resolve())
     socket = {"image": {"name": stack.name},
               "interface": {"slug": process.STACK_SLUG, "relative_path": f"images/{process.STACK_SLUG}"}}
     (folder / "inputs.json").write_text(json.dumps([socket]))

@@ -11,7 +11,8 @@ and the Multiple points socket `mitotic-figures` (a file, `mitotic-figures.json`
 way the Track 1 containers write it). The figures' kinds mean nothing to a real classifier; the
 case only exercises the container.
 
-Run `python -m training make-sample --points --out test/points/input` to write the sample case.
+The image lies under a UUID name, as grand-challenge stores it, with its upload name in inputs.json
+(see training/sample_stack.py). Run `python -m training make-sample --points` to write the case.
 """
 
 import json
@@ -26,6 +27,8 @@ from training.sample_stack import (
     PATCH_SIZE,
     box_blur,
     ellipse,
+    image_socket,
+    platform_file_name,
     render_patch,
     smooth_noise,
 )
@@ -147,18 +150,12 @@ def points_json() -> dict:
 
 
 def write_roi_case(folder: Path, seed: int = 0) -> Path:
-    """Write the case: `inputs.json`, the image under `images/histopathology-roi-cropout/`, `mitotic-figures.json`."""
+    """Write the case: `inputs.json`, the image in `images/histopathology-roi-cropout/`, `mitotic-figures.json`."""
     folder = Path(folder)
-    write_roi(folder / ROI_RELATIVE_PATH / SAMPLE_NAME, render_roi(seed))
+    write_roi(folder / ROI_RELATIVE_PATH / platform_file_name(f"roi-{seed}", Path(SAMPLE_NAME).suffix), render_roi(seed))
     (folder / POINTS_FILE).write_text(json.dumps(points_json(), indent=4) + "\n")
     sockets = [
-        {
-            "file": None,
-            "image": {"name": SAMPLE_NAME},
-            "value": None,
-            "interface": {"slug": ROI_SLUG, "kind": "Image", "super_kind": "Image",
-                          "relative_path": ROI_RELATIVE_PATH, "example_value": None},
-        },
+        image_socket(ROI_SLUG, ROI_RELATIVE_PATH, SAMPLE_NAME),
         {
             "file": None,
             "image": None,

@@ -9,18 +9,29 @@ or fragmented cluster ("atypical"). The pictures are not meant to be realistic, 
 deterministic given the seed, and shaped like the official stacks: one RGB page per patch, Deflate,
 0.25 um/px, some pages with the black borders of figures near the edge of their region.
 
-Run `python -m training make-sample --out test/input` to write the sample case.
+Cases are laid out as grand-challenge lays them out: the image file in the socket folder carries
+the platform's own name (a UUID with `.tiff`, or `.mha` for a stack handed over as a 3-D RGB
+MetaImage), and inputs.json's `image.name` is the name it was uploaded under. The `hand-named`
+layout puts the file under its upload name instead, as users make cases by hand.
+
+Run `python -m training make-sample --all` to write every committed sample case under test/.
 """
 
+import hashlib
 import json
+import uuid
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import tifffile
 
 PATCH_SIZE = 128
 STACK_SLUG = "stacked-histopathology-roi-cropouts"
-SAMPLE_NAME = "stack_sample.tiff"
+SAMPLE_NAME = "stack_sample.tiff"  # the name the sample stack is "uploaded" under
+SPACING_MM = 0.00025  # 0.25 um/px
+# layout -> (suffix of the file on disk, whether it is named as uploaded rather than by the platform)
+LAYOUTS = {"platform": (".tiff", False), "platform-mha": (".mha", False), "hand-named": (".tiff", True)}
 KINDS = ("normal", "atypical")
 # Optical density of one unit of each stain in R, G, B: the reference H&E vectors that Macenko-style
 # stain normalisation uses (pinker eosin than Ruifrok & Johnston's own [0.07, 0.99, 0.11]).
@@ -178,22 +189,44 @@ def write_stack(path: Path, pages: np.ndarray) -> Path:
     return path
 
 
-def write_sample_case(folder: Path, seed: int = 0, n_pages: int = 16) -> Path:
-    """Write `folder/inputs.json` and the stack under `folder/images/<slug>/`, as grand-challenge lays them out."""
+def write_stack_mha(path: Path, pages: np.ndarray) -> Path:
+    """The stack as a 3-D RGB MetaImage (pages x height x width, vector pixels, compressed), as panimg writes one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = sitk.GetImageFromArray(pages, isVector=True)
+    image.SetSpacing((SPACING_MM, SPACING_MM, 1.0))
+    sitk.WriteImage(image, str(path), useCompression=True)
+    return path
+
+
+def platform_file_name(key: str, suffix: str) -> str:
+    """A UUID file name like the one grand-challenge gives a socket's image, fixed by `key` (reproducible cases)."""
+    return f"{uuid.UUID(bytes=hashlib.sha256(key.encode()).digest()[:16], version=4)}{suffix}"
+
+
+def image_socket(slug: str, relative_path: str, upload_name: str) -> dict:
+    """An image socket of inputs.json as grand-challenge writes it."""
+    return {
+        "file": None,
+        "image": {"name": upload_name},
+        "value": None,
+        "interface": {"slug": slug, "kind": "Image", "super_kind": "Image", "relative_path": relative_path,
+                      "example_value": None},
+    }
+
+
+def write_sample_case(folder: Path, seed: int = 0, n_pages: int = 16, layout: str = "platform") -> Path:
+    """Write `folder/inputs.json` and the stack in `folder/images/<slug>/`, laid out as `layout` (LAYOUTS) says."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {list(LAYOUTS)}, not {layout!r}")
+    suffix, named_as_uploaded = LAYOUTS[layout]
     folder = Path(folder)
     relative_path = f"images/{STACK_SLUG}"
-    write_stack(folder / relative_path / SAMPLE_NAME, render_stack(n_pages, seed))
-    socket = {
-        "file": None,
-        "image": {"name": SAMPLE_NAME},
-        "value": None,
-        "interface": {
-            "slug": STACK_SLUG,
-            "kind": "Image",
-            "super_kind": "Image",
-            "relative_path": relative_path,
-            "example_value": None,
-        },
-    }
-    (folder / "inputs.json").write_text(json.dumps([socket], indent=4) + "\n")
+    upload_name = Path(SAMPLE_NAME).with_suffix(suffix).name
+    file_name = upload_name if named_as_uploaded else platform_file_name(f"stack-{seed}-{n_pages}{suffix}", suffix)
+    pages = render_stack(n_pages, seed)
+    write = write_stack_mha if suffix == ".mha" else write_stack
+    write(folder / relative_path / file_name, pages)
+    (folder / "inputs.json").write_text(json.dumps([image_socket(STACK_SLUG, relative_path, upload_name)], indent=4)
+                                        + "\n")
     return folder
