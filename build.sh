@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
-# Build the grand-challenge container image (see Dockerfile).
+# Build the grand-challenge container image (see Dockerfile): the GPU image (default; onnxruntime-gpu
+# for CUDA 12, requirements.txt) or, with --cpu, the CPU image (onnxruntime alone, requirements-cpu.txt).
 #
 # Normal mode: a plain `docker build` on python:3.11-slim-bookworm from Docker Hub, pip from PyPI.
 # Offline mode (--offline, or chosen automatically when that base image cannot be pulled): a local
 # Debian bookworm base image made with debootstrap, and wheels downloaded on the host into
-# build/wheels/, which the build installs with --no-index (pip inside a build may have no network,
+# build/wheels/<gpu|cpu>/, which the build installs with --no-index (pip inside a build may have no network,
 # or no way to verify TLS behind a proxy). Needs root for debootstrap the first time.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$ROOT"
 
-TAG="midog25-atypical:latest"
+TAG=""
+VARIANT=gpu
 DEFAULT_BASE="python:3.11-slim-bookworm"
 OFFLINE_BASE="midog25-base:bookworm"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 PULL_TIMEOUT="${PULL_TIMEOUT:-60}"
-WHEEL_DIR="build/wheels"
 # What the offline base runs: Debian bookworm's CPython 3.11 on glibc 2.36 (the default base is
 # CPython 3.11 on bookworm as well). pip does not widen --platform manylinux_2_36 to the older
 # glibc tags that wheels carry, so every one of them is listed.
@@ -31,24 +32,30 @@ NO_CACHE=()
 
 usage() {
     cat <<EOF
-Usage: ./build.sh [--tag NAME] [--offline | --online] [--save] [--mirror URL] [--no-cache]
+Usage: ./build.sh [--cpu] [--tag NAME] [--offline | --online] [--save] [--mirror URL] [--no-cache]
 
-Builds the container image (default tag $TAG).
+Builds the container image: by default the GPU image midog25-atypical:latest (onnxruntime-gpu for
+CUDA 12, NVIDIA driver 525 or newer; runs on the CPU where there is no usable GPU), with --cpu the
+CPU image midog25-atypical:cpu (onnxruntime alone: no CUDA libraries, a fraction of the size).
 
-  --tag NAME    image tag (default $TAG)
+  --cpu         the CPU image (requirements-cpu.txt) instead of the GPU image (requirements.txt)
+  --tag NAME    image tag (default midog25-atypical:latest, or midog25-atypical:cpu with --cpu)
   --online      plain docker build on $DEFAULT_BASE, requirements from PyPI
   --offline     local base image $OFFLINE_BASE (made once with debootstrap, needs root) and
-                wheels downloaded on the host into $WHEEL_DIR/ (cached), installed with --no-index
+                wheels downloaded on the host into build/wheels/<gpu|cpu>/ (cached), installed
+                with --no-index
                 Without either flag: online when $DEFAULT_BASE is present or can be pulled
                 within ${PULL_TIMEOUT}s (PULL_TIMEOUT), offline otherwise.
-  --save        also write build/midog25-atypical.tar.gz (docker save | gzip: the image to
-                upload) and build/model.tar.gz (the files of model/ at the archive root:
-                grand-challenge's model tarball, extracted to /opt/ml/model/)
+  --save        also write build/midog25-atypical.tar.gz (build/midog25-atypical-cpu.tar.gz with
+                --cpu; docker save | gzip: the image to upload) and build/model.tar.gz (the files
+                of model/ at the archive root: grand-challenge's model tarball, extracted to
+                /opt/ml/model/)
   --mirror URL  Debian mirror for debootstrap (default \$DEBIAN_MIRROR or $MIRROR)
   --no-cache    build without Docker's layer cache
   -h, --help    this help
 
-When $WHEEL_DIR/ holds wheels, every build installs from them (delete the folder to use PyPI).
+When build/wheels/<gpu|cpu>/ holds wheels, every build of that image installs from them (delete
+the folder to use PyPI).
 EOF
 }
 
@@ -57,6 +64,8 @@ die() { echo "build: ERROR: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
+        --cpu) VARIANT=cpu; shift ;;
+        --gpu) VARIANT=gpu; shift ;;
         --tag) [ $# -ge 2 ] || die "--tag needs a value"; TAG="$2"; shift 2 ;;
         --tag=*) TAG="${1#--tag=}"; shift ;;
         --offline) MODE=offline; shift ;;
@@ -69,6 +78,18 @@ while [ $# -gt 0 ]; do
         *) usage >&2; die "unknown argument: $1" ;;
     esac
 done
+
+# What the variant decides: its requirements, wheel folder, default tag and saved archive.
+if [ "$VARIANT" = cpu ]; then
+    REQUIREMENTS=requirements-cpu.txt
+    SAVED=build/midog25-atypical-cpu.tar.gz
+    TAG=${TAG:-midog25-atypical:cpu}
+else
+    REQUIREMENTS=requirements.txt
+    SAVED=build/midog25-atypical.tar.gz
+    TAG=${TAG:-midog25-atypical:latest}
+fi
+WHEEL_DIR="build/wheels/$VARIANT"
 
 seconds_since() { echo $(( $(date +%s) - $1 )); }
 
@@ -161,21 +182,21 @@ download_wheels() {
     # The stamp says for which requirements (and target) the folder was filled; an unchanged
     # file needs no network at all.
     local stamp="$WHEEL_DIR/.requirements.sha256" wanted python new_dir started
-    wanted=$( { cat requirements.txt; echo "${WHEEL_TARGET[*]}"; } | sha256sum | cut -d' ' -f1)
+    wanted=$( { cat "$REQUIREMENTS"; echo "${WHEEL_TARGET[*]}"; } | sha256sum | cut -d' ' -f1)
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
-        log "wheels in $WHEEL_DIR/ are up to date with requirements.txt"
+        log "wheels in $WHEEL_DIR/ are up to date with $REQUIREMENTS"
         return 0
     fi
     python=$(host_pip_python)
     started=$(date +%s)
-    log "downloading the wheels of requirements.txt into $WHEEL_DIR/ (cp311, manylinux x86_64)"
-    mkdir -p build
+    log "downloading the wheels of $REQUIREMENTS into $WHEEL_DIR/ (cp311, manylinux x86_64)"
+    mkdir -p build/wheels
     # A fresh folder holds exactly what the requirements need; wheels already here are reused.
-    new_dir=$(mktemp -d "$ROOT/build/wheels.new.XXXXXX")
+    new_dir=$(mktemp -d "$ROOT/build/wheels/.new.XXXXXX")
     local reuse=()
     [ -d "$WHEEL_DIR" ] && reuse=(--find-links "$WHEEL_DIR")
     if ! "$python" -m pip download --disable-pip-version-check --quiet --dest "$new_dir" \
-            --only-binary=:all: "${WHEEL_TARGET[@]}" ${reuse[@]+"${reuse[@]}"} -r requirements.txt; then
+            --only-binary=:all: "${WHEEL_TARGET[@]}" ${reuse[@]+"${reuse[@]}"} -r "$REQUIREMENTS"; then
         rm -rf "$new_dir"
         die "pip download failed (no access to PyPI?)"
     fi
@@ -192,19 +213,23 @@ save_artifacts() {
     mkdir -p build
     local compress=gzip
     command -v pigz >/dev/null 2>&1 && compress=pigz  # gzip on all cores
-    log "writing build/midog25-atypical.tar.gz (docker save | $compress; minutes for a GPU image)"
-    docker save "$TAG" | "$compress" > build/midog25-atypical.tar.gz.part
-    mv build/midog25-atypical.tar.gz.part build/midog25-atypical.tar.gz
+    log "writing $SAVED (docker save | $compress; minutes for a GPU image)"
+    docker save "$TAG" | "$compress" > "$SAVED.part"
+    mv "$SAVED.part" "$SAVED"
     log "writing build/model.tar.gz (the files of model/ at the archive root)"
     (cd model && tar -czf ../build/model.tar.gz.part -- *)
     mv build/model.tar.gz.part build/model.tar.gz
     log "saved in $(seconds_since "$started")s:"
-    du -h build/midog25-atypical.tar.gz build/model.tar.gz | sed 's/^/build:   /'
+    du -h "$SAVED" build/model.tar.gz | sed 's/^/build:   /'
 }
 
 main() {
     check_docker
     check_sources
+    if compgen -G "build/wheels/*.whl" >/dev/null; then
+        log "removing the wheels of an older layout from build/wheels/ (now build/wheels/<gpu|cpu>/)"
+        rm -f build/wheels/*.whl build/wheels/.requirements.sha256
+    fi
     choose_mode
     local base started
     if [ "$MODE" = offline ]; then
@@ -224,9 +249,10 @@ main() {
         fi
     fi
     started=$(date +%s)
-    log "building $TAG on $base ($MODE mode)"
-    docker build ${NO_CACHE[@]+"${NO_CACHE[@]}"} --build-arg "BASE_IMAGE=$base" --tag "$TAG" .
-    log "built $TAG in $(seconds_since "$started")s, size $(docker image inspect --format '{{.Size}}' "$TAG" | awk '{ printf "%.2f GB", $1 / 1e9 }')"
+    log "building $TAG, the $VARIANT image, on $base ($MODE mode)"
+    docker build ${NO_CACHE[@]+"${NO_CACHE[@]}"} --build-arg "BASE_IMAGE=$base" --build-arg "VARIANT=$VARIANT" \
+        --tag "$TAG" .
+    log "built $TAG in $(seconds_since "$started")s, size $(docker image inspect --format '{{.Size}}' "$TAG" | awk '{ printf "%.0f MB", $1 / 1e6 }')"
     if [ "$SAVE" -eq 1 ]; then
         save_artifacts
     fi

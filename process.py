@@ -61,6 +61,7 @@ import onnxruntime as ort
 import SimpleITK as sitk
 
 import crops
+import image_checks
 
 INPUT_PATH = Path("/input")
 OUTPUT_PATH = Path("/output")
@@ -86,10 +87,11 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".mha")
 MAX_LISTED = 10  # file names an error message lists at most
 BATCH_SIZE = 64  # pages per session.run: bounds activation memory for long stacks
 MODEL_FORMAT_VERSION = 1
-# "p_atypical": P(atypical) whatever the class (the Track 2 contract this project follows);
-# "predicted_class": the probability of the class given (P if atypical, else 1 - P), which is what
-# the organisers' published evaluation code turns back into P(atypical). model.json chooses.
-CONFIDENCE_MEANINGS = ("p_atypical", "predicted_class")
+# The Track 2 contract: the stack output's "confidence" is P(atypical) whatever the class, as the
+# organisers' evaluator reads it (since its commit of 2025-07-27) and their reference container
+# writes it. A model.json may say so ("confidence": "p_atypical"); it may not ask for anything else.
+CONFIDENCE = "p_atypical"
+CLASSES = ("normal", "atypical")  # (negative, positive): the only classes the evaluator accepts
 
 
 class InputError(Exception):
@@ -108,7 +110,6 @@ class Model:
     width: int
     classes: tuple[str, str]
     threshold: float
-    confidence: str  # what the stack output's "confidence" means: one of CONFIDENCE_MEANINGS
 
     @property
     def provider(self) -> str:
@@ -320,20 +321,20 @@ def read_model_spec(model_json: Path) -> dict[str, Any]:
     return spec
 
 
-def confidence_meaning(spec: dict[str, Any], *, model_json: Path) -> str:
-    """model.json's optional "confidence" key (default "p_atypical"), checked."""
-    meaning = spec.get("confidence", CONFIDENCE_MEANINGS[0])
-    if meaning not in CONFIDENCE_MEANINGS:
-        raise InputError(f"{model_json}: confidence is {meaning!r}; expected one of {list(CONFIDENCE_MEANINGS)}")
-    return meaning
+def check_contract(spec: dict[str, Any], *, model_json: Path) -> None:
+    """Refuse a model.json whose classes or confidence would break the Track 2 output contract."""
+    if tuple(spec["classes"]) != CLASSES:
+        raise InputError(f"{model_json}: classes are {spec['classes']}; the Track 2 evaluator accepts exactly "
+                         f"{list(CLASSES)} (negative first)")
+    if spec.get("confidence", CONFIDENCE) != CONFIDENCE:
+        raise InputError(f"{model_json}: confidence is {spec['confidence']!r}; the Track 2 output's confidence is "
+                         f"P(atypical) whatever the class, so the only value is {CONFIDENCE!r}")
 
 
 def stack_entry(probability: float, model: Model) -> dict[str, Any]:
-    """One page's output: its class by the threshold, and its confidence as model.json asks."""
+    """One page's output: its class by the threshold, and P(atypical) as its confidence."""
     negative, positive = model.classes
-    atypical = probability >= model.threshold
-    confidence = probability if atypical or model.confidence == "p_atypical" else 1.0 - probability
-    return {"class": positive if atypical else negative, "confidence": float(confidence)}
+    return {"class": positive if probability >= model.threshold else negative, "confidence": float(probability)}
 
 
 def sha256_of(path: Path) -> str:
@@ -393,6 +394,7 @@ def create_session(onnx_path: Path) -> ort.InferenceSession:
 def load_model(*, model_dir: Path) -> Model:
     """Read model.json, check the graph's sha256, and open an ONNX Runtime session on it."""
     spec = read_model_spec(model_dir / "model.json")
+    check_contract(spec, model_json=model_dir / "model.json")
     onnx_path = model_dir / spec["onnx"]
     if not onnx_path.is_file():
         raise InputError(f"model file not found: {onnx_path} (named by {model_dir / 'model.json'})")
@@ -415,7 +417,6 @@ def load_model(*, model_dir: Path) -> Model:
         width=spec["input"]["width"],
         classes=tuple(spec["classes"]),
         threshold=float(spec["threshold"]),
-        confidence=confidence_meaning(spec, model_json=model_dir / "model.json"),
     )
 
 
@@ -472,8 +473,19 @@ def to_rgb(pages: np.ndarray, *, path: Path) -> np.ndarray:
     raise InputError(f"{path}: {channels} channels per pixel; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
 
 
+def expected_pages(path: Path) -> int | None:
+    """The pages `path` holds by its structure (image_checks), its damage as an InputError."""
+    try:
+        return image_checks.expected_pages(path)
+    except image_checks.DamagedImage as error:
+        raise InputError(f"damaged image {path}: {error}") from error
+    except OSError as error:
+        raise InputError(f"cannot read image {path}: {error.strerror}") from error
+
+
 def read_stack(*, path: Path) -> np.ndarray:
-    """Every page of a stack as (N, H, W, 3) uint8, in page order."""
+    """Every page of a stack as (N, H, W, 3) uint8, in page order; all the pages the file holds, or an error."""
+    expected = expected_pages(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -487,6 +499,9 @@ def read_stack(*, path: Path) -> np.ndarray:
         pages = pages[..., np.newaxis]
     if pages.size == 0:
         raise InputError(f"{path}: the image has no pages (shape {pages.shape[:3]})")
+    if expected is not None and len(pages) != expected:
+        raise InputError(f"damaged image {path}: {len(pages)} pages decoded of the {expected} it holds "
+                         "(an answer for fewer pages would fail the whole evaluation)")
     return to_rgb(to_uint8(pages, path=path), path=path)
 
 
@@ -520,6 +535,9 @@ class Geometry:
 
 def read_roi(*, path: Path) -> tuple[np.ndarray, Geometry]:
     """A whole region-of-interest image as (H, W, 3) uint8, and where its pixels lie."""
+    expected = expected_pages(path)
+    if expected not in (None, 1):
+        raise InputError(f"{path}: a stack of {expected} pages; expected one 2-D region of interest")
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:

@@ -14,7 +14,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$ROOT"
 
-TAG="midog25-atypical:latest"
+TAG=""
+VARIANT=gpu
 # The default cases, as "input folder:golden output". The golden output's form (a JSON list, or a
 # Multiple points object) says which file the container must write. The first two and the points case
 # are laid out as grand-challenge lays out /input (the image under a UUID name, its upload name in
@@ -38,8 +39,8 @@ KEEP=0
 
 usage() {
     cat <<EOF
-Usage: ./test.sh [--local] [--model-tarball] [--input DIR] [--expected FILE] [--model DIR]
-                 [--tag NAME] [--build] [--gpus | --cpu] [--memory SIZE] [--keep]
+Usage: ./test.sh [--cpu] [--local] [--model-tarball] [--input DIR] [--expected FILE] [--model DIR]
+                 [--tag NAME] [--build] [--gpus | --no-gpus] [--memory SIZE] [--keep]
 
 Runs the image (built first with ./build.sh when missing) on each sample case like grand-challenge
 does and compares its output with the case's golden output: test/input/, test/mha/input/ and
@@ -48,6 +49,8 @@ stores them, and a file under its upload name) with test/expected_output.json, t
 (whole image + candidate points) with test/points/expected_output.json. Prints PASS (exit 0) when
 every case matches, else FAIL: <reason> (exit 1).
 
+  --cpu            the CPU image (./build.sh --cpu, tag midog25-atypical:cpu) instead of the GPU
+                   image; implies --no-gpus
   --local          no Docker: .venv/bin/python process.py --input DIR --output TMP --model DIR
                    (runs ./setup.sh first when .venv/ is missing)
   --model-tarball  mount the model folder read-only at /opt/ml/model, where grand-challenge
@@ -56,9 +59,9 @@ every case matches, else FAIL: <reason> (exit 1).
   --expected FILE  its golden output (default test/expected_output.json)
   --model DIR      model folder for --local and --model-tarball (default $MODEL_DIR);
                    with Docker it implies --model-tarball
-  --tag NAME       image to run (default $TAG)
+  --tag NAME       image to run (default $TAG, or midog25-atypical:cpu with --cpu)
   --build          (re)build the image first even when it exists
-  --gpus | --cpu   pass or do not pass --gpus all (default: when docker lists an nvidia runtime)
+  --gpus | --no-gpus  pass or do not pass --gpus all (default: when docker lists an nvidia runtime)
   --memory SIZE    container memory limit (default $MEMORY)
   --keep           keep the output folders (they are always kept on FAIL)
   -h, --help       this help
@@ -99,12 +102,16 @@ while [ $# -gt 0 ]; do
             shift 2 ;;
         --build) BUILD=1; shift ;;
         --gpus) GPUS=yes; shift ;;
-        --cpu) GPUS=no; shift ;;
+        --no-gpus) GPUS=no; shift ;;
+        --cpu) VARIANT=cpu; GPUS=no; shift ;;
         --keep) KEEP=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; echo "test: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
+if [ -z "$TAG" ]; then
+    if [ "$VARIANT" = cpu ]; then TAG="midog25-atypical:cpu"; else TAG="midog25-atypical:latest"; fi
+fi
 if [ -n "$INPUT_DIR$EXPECTED" ]; then
     CASES=("${INPUT_DIR:-test/input}:${EXPECTED:-test/expected_output.json}")
 fi
@@ -150,8 +157,8 @@ has_nvidia_runtime() {
 prepare_docker() {
     check_docker
     if [ "$BUILD" -eq 1 ] || ! docker image inspect "$TAG" >/dev/null 2>&1; then
-        log "building $TAG first (./build.sh)"
-        ./build.sh --tag "$TAG" || fail "./build.sh failed"
+        log "building $TAG first (./build.sh --$VARIANT)"
+        ./build.sh "--$VARIANT" --tag "$TAG" || fail "./build.sh --$VARIANT failed"
     fi
     if [ "$MOUNT_MODEL" -eq 1 ]; then
         THRESHOLD=$(threshold_of < "$MODEL_DIR/model.json") || fail "cannot read the threshold of $MODEL_DIR/model.json"
@@ -165,11 +172,11 @@ prepare_docker() {
     THRESHOLD=$(threshold_of <<< "$image_model_json") || fail "cannot read the threshold of the image's model.json"
     if ! "$PYTHON" -c 'import json, sys; sys.exit(json.loads(sys.argv[1]) != json.load(open(sys.argv[2])))' \
             "$image_model_json" "$MODEL_DIR/model.json" 2>/dev/null; then
-        log "WARNING: $TAG was built from another model/ than this checkout's: rebuild with ./test.sh --build"
+        log "WARNING: $TAG was built from another model/ than this checkout's: rebuild with ./test.sh --build$([ "$VARIANT" = cpu ] && echo " --cpu")"
     fi
-    for source in process.py crops.py; do
+    for source in process.py crops.py image_checks.py; do
         if ! docker run --rm --network none --entrypoint cat "$TAG" "/opt/app/$source" 2>/dev/null | cmp -s - "$source"; then
-            log "WARNING: $TAG was built from another $source than this checkout's: rebuild with ./test.sh --build"
+            log "WARNING: $TAG was built from another $source than this checkout's: rebuild with ./test.sh --build$([ "$VARIANT" = cpu ] && echo " --cpu")"
         fi
     done
 }

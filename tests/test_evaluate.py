@@ -9,7 +9,8 @@ from tests.amibr_fixture import write_amibr
 from tests.conftest import write_image
 from tests.fake_model import fake_probability, write_fake_model
 from training.cli import main as training_cli
-from training.evaluate import bootstrap_intervals, evaluator_aggregates, published_evaluator_scores
+from training.evaluate import bootstrap_intervals, evaluator_aggregates
+from training.splits import fold_fingerprint
 
 OFFICIAL_KEYS = {"overall_sensitivity", "overall_specificity", "overall_balanced_accuracy", "overall_roc_auc",
                  "overall_accuracy"}
@@ -42,11 +43,6 @@ def test_intervals_hold_the_estimate_and_narrow_with_more_pages():
         return intervals["balanced_accuracy"][1] - intervals["balanced_accuracy"][0]
 
     assert interval_width(2000) < interval_width(100)
-
-
-def test_published_code_reading_inverts_normal_pages():
-    entries = [{"class": "normal", "confidence": 0.1}, {"class": "atypical", "confidence": 0.8}]
-    assert published_evaluator_scores(entries).tolist() == pytest.approx([0.9, 0.8])
 
 
 def brightness_stack(values):
@@ -95,6 +91,12 @@ def test_evaluate_a_patch_set_and_one_folds_validation_part(tmp_path):
 
     assert training_cli(["split", "--data-kind", "amibr", "--data-root", str(data), "--folds", "2",
                          "--out", str(tmp_path / "split.json")]) == 0
-    assert training_cli(["evaluate", "--model", str(model_dir), "--data-kind", "amibr", "--data-root", str(data),
-                         "--split", str(tmp_path / "split.json"), "--fold", "1", "--out", str(tmp_path / "f1")]) == 0
+    fold_1 = ["evaluate", "--model", str(model_dir), "--data-kind", "amibr", "--data-root", str(data),
+              "--split", str(tmp_path / "split.json"), "--fold", "1", "--out", str(tmp_path / "f1")]
+    assert training_cli(fold_1) == 1  # the fake model records no members: nothing shows they held fold 1 out
+    spec = json.loads((model_dir / "model.json").read_text())
+    split = json.loads((tmp_path / "split.json").read_text())
+    spec["members"] = [{"backbone": "fake", "fold": 1, "fold_sha256": fold_fingerprint(split, 1)}]
+    (model_dir / "model.json").write_text(json.dumps(spec))
+    assert training_cli(fold_1) == 0
     assert json.loads((tmp_path / "f1" / "metrics.json").read_text())["n"] == 12

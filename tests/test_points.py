@@ -374,7 +374,7 @@ POINT_FAULTS = {
     "no points socket": (set_sockets(image_socket()), "neither"),
     "both points sockets": (set_sockets(image_socket(), points_socket(), csv_socket()), "mitotic-figures and candidate-points"),
     "unknown sockets only": (set_sockets({"interface": {"slug": "histopathology-region"}}), "histopathology-region"),
-    "corrupt image": (lambda d: roi_file(d).write_bytes(b"II*\0" + b"junk" * 50), "cannot read image"),
+    "corrupt image": (lambda d: roi_file(d).write_bytes(b"II*\0" + b"junk" * 50), "damaged image"),
     "missing image": (lambda d: roi_file(d).unlink(), "no image file (.tif, .tiff, .mha) for socket " + ROI_SLUG),
     "two images, neither named": (lambda d: write_roi(d / ROI_FOLDER / "other.tif", IMAGE), "holds 2 image files"),
     "a stack, not one image": (

@@ -370,10 +370,10 @@ INPUT_FAULTS = {
         lambda d: ((d / "inputs.json").write_text(json.dumps([stack_socket(None)])), stack_file(d).unlink()),
         "inputs.json names no image"),
     "two images, neither named": (
-        lambda d: write_image(d / "images" / STACK_SLUG / "0b7e-second.mha", brightness_pages([9])),
-        "holds 2 image files for socket stacked-histopathology-roi-cropouts (0b7e-second.mha, "),
-    "corrupt image": (lambda d: stack_file(d).write_bytes(b"II*\0" + b"junk" * 50), "cannot read image"),
-    "truncated image": (lambda d: stack_file(d).write_bytes(stack_file(d).read_bytes()[:3000]), "cannot read image"),
+        lambda d: write_image(d / "images" / STACK_SLUG / "zz-second.mha", brightness_pages([9])),  # sorts last
+        ".tif, zz-second.mha) and none of them is the named one (inputs.json's image.name: 'stack.tif')"),
+    "corrupt image": (lambda d: stack_file(d).write_bytes(b"II*\0" + b"junk" * 50), "damaged image"),
+    "truncated image": (lambda d: stack_file(d).write_bytes(stack_file(d).read_bytes()[:3000]), "damaged image"),
     "zero pages": (
         lambda d: (stack_file(d).unlink(), write_zero_page_mha(d / "images" / STACK_SLUG / "empty.mha")),
         "no pages"),
@@ -403,7 +403,11 @@ MODEL_FAULTS = {
     "sha256 mismatch": (corrupt_onnx, "sha256"),
     "wrong output name": (lambda d: set_key(d, "output", {"name": "logits"}), "logits"),
     "NaN output": (lambda d: rewrite_graph(d, bias=float("nan")), "NaN"),
-    "unknown confidence meaning": (lambda d: set_key(d, "confidence", "p_normal"), "confidence"),
+    "unknown confidence meaning": (lambda d: set_key(d, "confidence", "p_normal"), "confidence is 'p_normal'"),
+    "confidence of the predicted class": (lambda d: set_key(d, "confidence", "predicted_class"),
+                                          "the only value is 'p_atypical'"),
+    "classes swapped": (lambda d: set_key(d, "classes", ["atypical", "normal"]), "accepts exactly ['normal', 'atypical']"),
+    "classes renamed": (lambda d: set_key(d, "classes", ["NMF", "AMF"]), "classes are ['NMF', 'AMF']"),
 }
 
 
@@ -449,23 +453,14 @@ def test_timings_report_every_phase(make_case, fake_model_dir, tmp_path):
     assert "process: timings" not in plain.stderr
 
 
-def test_confidence_of_the_predicted_class_when_model_json_asks(make_case, tmp_path):
+def test_confidence_is_p_atypical_for_normal_pages_too(make_case, fake_model_dir, tmp_path):
+    """The evaluator reads confidence as P(atypical) whatever the class: a normal page's is small, not 1 - P."""
     pages = brightness_pages([40, 120, 200, 250])
-    model_dir = write_fake_model(tmp_path / "model", threshold=0.5)
-    set_key(model_dir, "confidence", "predicted_class")
     output_dir = tmp_path / "output"
-    completed = run_process(make_case(pages), output_dir, model_dir)
-    assert completed.returncode == 0, completed.stderr
-    result = json.loads((output_dir / "multiple-mitotic-figure-classification.json").read_text())
-    probabilities = fake_probability(pages)
-    for entry, probability in zip(result, probabilities):
-        atypical = probability >= 0.5
-        assert entry["class"] == ("atypical" if atypical else "normal")
-        assert entry["confidence"] == pytest.approx(probability if atypical else 1 - probability, abs=1e-6)
-        assert entry["confidence"] >= 0.5  # the confidence of whichever class was given
-        # what the organisers' evaluation code computes from it: P(atypical) again
-        recovered = entry["confidence"] if entry["class"] == "atypical" else 1 - entry["confidence"]
-        assert recovered == pytest.approx(probability, abs=1e-6)
+    results = read_results(run_process(make_case(pages), output_dir, fake_model_dir), output_dir)
+    normal = [item["confidence"] for item in results if item["class"] == "normal"]
+    assert normal and all(value < 0.5 for value in normal)
+    np.testing.assert_allclose(confidences(results), fake_probability(pages), atol=1e-6)
 
 
 def test_write_leaves_nothing_behind_on_failure(tmp_path, monkeypatch):
@@ -584,9 +579,10 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def test_process_source_imports_only_stdlib_numpy_simpleitk_onnxruntime():
-    # crops.py is the one project module the container copies beside process.py (see the Dockerfile)
-    assert imported_modules(REPO / "process.py") == {"numpy", "SimpleITK", "onnxruntime", "crops"}
+    # crops.py and image_checks.py are the project modules the container copies beside process.py (the Dockerfile)
+    assert imported_modules(REPO / "process.py") == {"numpy", "SimpleITK", "onnxruntime", "crops", "image_checks"}
     assert imported_modules(REPO / "crops.py") == {"numpy", "SimpleITK"}
+    assert imported_modules(REPO / "image_checks.py") == set()
 
 
 def test_the_image_gets_every_project_module_process_imports():

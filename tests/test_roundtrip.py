@@ -106,3 +106,89 @@ def test_parity_check_fails_loudly_on_a_wrong_graph(exported, tmp_path):
 def test_export_refuses_a_folder_that_is_not_a_fold(tmp_path):
     assert training_cli(["export", str(tmp_path), "--out", str(tmp_path / "model")]) == 1
     assert not (tmp_path / "model").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# no path that lets a number flatter itself
+
+
+def test_model_json_records_what_each_member_held_out(exported):
+    from training.splits import fold_fingerprint, load_split, split_fingerprint
+
+    run_dir, model_dir = exported
+    split = load_split(run_dir / "split.json")
+    members = json.loads((model_dir / "model.json").read_text())["members"]
+    assert [m["fold_sha256"] for m in members] == [fold_fingerprint(split, k) for k in (0, 1)]
+    assert {m["split_sha256"] for m in members} == {split_fingerprint(split)}
+
+
+def test_evaluate_refuses_a_fold_that_members_trained_on(exported, tmp_path):
+    from training.evaluate import check_members_held_out
+    from training.splits import load_split
+
+    run_dir, model_dir = exported
+    split = load_split(run_dir / "split.json")
+    with pytest.raises(ValueError, match=r"member 1 \(resnet10t_slim, fold 1\) .* may have trained on fold 0"):
+        check_members_held_out(model_dir, split, 0)  # the 2-member ensemble: fold 1's member trained on fold 0
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    arguments = ["evaluate", "--model", str(model_dir), "--data-kind", "amibr", "--data-root", config["data"]["root"],
+                 "--split", str(run_dir / "split.json"), "--fold", "0", "--out", str(tmp_path / "eval")]
+    assert training_cli(arguments) == 1 and not (tmp_path / "eval").exists()
+    fold_0 = tmp_path / "fold0-model"
+    assert training_cli(["export", str(run_dir / "fold_0"), "--out", str(fold_0), "--name", "f0"]) == 0
+    check_members_held_out(fold_0, split, 0)
+    with pytest.raises(ValueError, match="held out other samples"):
+        check_members_held_out(fold_0, split, 1)
+
+
+def test_export_with_other_views_scores_the_out_of_fold_samples_again(exported, tmp_path):
+    """model.json's out-of-fold numbers are those of the graph that ships, views included."""
+    import process
+    from training.data import load_images, read_amibr
+    from training.metrics import binary_metrics
+
+    run_dir, _ = exported
+    model_dir = tmp_path / "dihedral"
+    assert training_cli(["export", str(run_dir / "fold_1"), "--out", str(model_dir), "--name", "d8", "--dihedral"]) == 0
+    spec = json.loads((model_dir / "model.json").read_text())
+    assert spec["metrics"]["oof_views"] == spec["tta_views"] and len(spec["tta_views"]) == 8
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    rows = [line.split(",") for line in (run_dir / "fold_1" / "oof_predictions.csv").read_text().splitlines()[1:]]
+    by_id = {s.sample_id: s for s in read_amibr(config["data"]["root"])}
+    samples = [by_id[row[0]] for row in rows]
+    probabilities = process.predict(process.load_model(model_dir=model_dir), load_images(samples))
+    labels = np.array([s.label for s in samples])
+    expected = binary_metrics(labels, probabilities.astype(np.float64), spec["threshold"])
+    assert spec["metrics"]["oof"]["n"] == len(samples)
+    assert spec["metrics"]["oof"]["at_threshold"]["roc_auc"] == pytest.approx(expected["roc_auc"], abs=1e-6)
+    assert spec["metrics"]["oof"]["at_threshold"]["balanced_accuracy"] == pytest.approx(expected["balanced_accuracy"])
+
+
+def test_pooling_refuses_a_sample_scored_twice(exported):
+    from training.crossval import pooled_oof
+
+    run_dir, _ = exported
+    with pytest.raises(ValueError, match="scored twice"):
+        pooled_oof([run_dir / "fold_0", run_dir / "fold_1", run_dir / "fold_0"])
+
+
+def test_a_run_keeps_the_split_its_folds_were_trained_on(exported, tmp_path):
+    import shutil
+
+    from training.splits import load_split, save_split
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(exported[0], run_dir)
+    config = run_dir / "config.yaml"
+    other = load_split(run_dir / "split.json")
+    other["folds"] = other["folds"][::-1]  # the same folds, numbered the other way round
+    save_split(other, tmp_path / "other.json")
+    arguments = ["train", "--config", str(config), "--out", str(run_dir), "--quiet"]
+    assert training_cli(arguments + ["--split", str(tmp_path / "other.json")]) == 1
+    assert load_split(run_dir / "split.json") != other  # the run's own split is untouched
+    save_split(other, run_dir / "split.json")  # a split.json swapped by hand under finished folds
+    with pytest.raises(ValueError, match="finished on another split"):
+        from training.config import load_config
+        from training.crossval import run_crossval
+
+        run_crossval(load_config(str(config)), run_dir, show_progress=False)

@@ -88,6 +88,27 @@ def test_resume_refuses_a_changed_config(tiny_data, tmp_path, monkeypatch):
         train_fold(tiny_config(root, lr=0.01), samples, images, split, 1, tmp_path, show_progress=False)
 
 
+def test_resume_refuses_another_split(tiny_data, tmp_path, monkeypatch):
+    """A fold killed midway and resumed with another split would train on other slides: refused."""
+    root, samples, images, split = tiny_data
+    real_epoch, calls = train_module._epoch, []
+
+    def dies_in_the_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_epoch", dies_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(tiny_config(root), samples, images, split, 0, tmp_path, show_progress=False)
+    monkeypatch.setattr(train_module, "_epoch", real_epoch)
+    other = make_split(samples, n_folds=2, seed=3)
+    assert other["folds"][0]["val_ids"] != split["folds"][0]["val_ids"]
+    with pytest.raises(ValueError, match="another split"):
+        train_fold(tiny_config(root), samples, images, other, 0, tmp_path, show_progress=False)
+
+
 def test_focal_loss_is_weighted_cross_entropy_at_gamma_0_and_smaller_above():
     torch.manual_seed(0)
     logits, labels = torch.randn(32, 2), torch.randint(0, 2, (32,))

@@ -96,7 +96,7 @@ def export_entry(args) -> int:
 
     views = DIHEDRAL_VIEWS if args.dihedral else args.views
     export_model(_fold_folders(args.runs), args.out, name=args.name, views=views, data_root=args.data_root,
-                 fp16=args.fp16, confidence=args.confidence)
+                 fp16=args.fp16)
     return 0
 
 
@@ -171,7 +171,11 @@ def _evaluation_samples(args):
         return samples
     if not args.split:
         raise ValueError("--fold needs --split (the split JSON whose validation part to evaluate)")
-    _, val_index = fold_indices(load_split(args.split), samples, args.fold)
+    from training.evaluate import check_members_held_out
+
+    split = load_split(args.split)
+    check_members_held_out(args.model, split, args.fold)
+    _, val_index = fold_indices(split, samples, args.fold)
     return [samples[i] for i in val_index]
 
 
@@ -258,9 +262,6 @@ def _add_export_command(commands) -> None:
     export.add_argument("--views", nargs="+", default=None,
                         help="test-time views (default: the training config's, identity + vflip as the seed paper)")
     export.add_argument("--dihedral", action="store_true", help="use all eight flips/rotations as test-time views")
-    export.add_argument("--confidence", choices=["p_atypical", "predicted_class"], default="p_atypical",
-                        help="what the stack output's confidence means: P(atypical) whatever the class (default), or "
-                             "the probability of the class given (see README: What the container does)")
     export.add_argument("--fp16", action="store_true",
                         help="float16 weights and arithmetic, for GPUs (checked against PyTorch to 1e-2)")
     export.add_argument("--data-root", help="dataset folder for the parity check, overriding the config's")

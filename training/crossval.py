@@ -19,7 +19,7 @@ from training.config import ExperimentConfig, save_config
 from training.data import labels_of, load_images, read_dataset, read_manifest
 from training.metrics import best_threshold, binary_metrics, cross_validated_threshold_metrics
 from training.report import write_report
-from training.splits import fold_fingerprint, fold_indices, load_split, save_split, split_for
+from training.splits import fold_fingerprint, fold_indices, load_split, save_split, split_for, split_fingerprint
 from training.train import OOF_COLUMNS, read_oof, train_fold
 
 
@@ -39,16 +39,41 @@ def _is_main_process() -> bool:
 
 
 def prepare_split(config: ExperimentConfig, samples, run_dir: Path, split_path: Path | None = None) -> dict:
-    """Reuse `split_path` or the run's split.json; otherwise compute the split and save it there."""
+    """Reuse `split_path` or the run's split.json; otherwise compute the split and save it there.
+
+    A run that has started folds keeps its split: another one would mix folds trained on different
+    held-out slides into one set of out-of-fold predictions.
+    """
     target = Path(run_dir) / "split.json"
     source = Path(split_path) if split_path else target
     if source.is_file():
         split = load_split(source)
     else:
         split = split_for(samples, config.split)  # deterministic: every process computes the same
+    started = sorted(p.name for p in Path(run_dir).glob("fold_*") if p.is_dir() and any(p.iterdir()))
+    if target.is_file() and started and split_fingerprint(load_split(target)) != split_fingerprint(split):
+        raise ValueError(f"{run_dir} has folds ({', '.join(started)}) trained on its split.json, and "
+                         f"{source if source != target else 'the config'} gives another split; resume with the run's "
+                         "own split (no --split), or train into a new run folder")
     if _is_main_process():
         save_split(split, target)
     return split
+
+
+def check_finished_fold(fold_dir: Path, split: dict, fold) -> None:
+    """A finished fold must have held out exactly the validation samples `split` gives that fold."""
+    summary = json.loads((Path(fold_dir) / "summary.json").read_text())
+    if fold == "all":
+        return
+    recorded = summary.get("fold_sha256")
+    if recorded is not None:
+        same = recorded == fold_fingerprint(split, fold)
+    else:  # folds finished before the fingerprint was recorded: their out-of-fold rows say what they held out
+        scored = {row["sample_id"] for row in read_oof(Path(fold_dir) / "oof_predictions.csv")}
+        same = scored == set(split["folds"][int(fold)]["val_ids"])
+    if not same:
+        raise ValueError(f"{fold_dir}: finished on another split than this run's split.json (its held-out samples "
+                         "differ); its predictions cannot be pooled with this split's folds")
 
 
 def synthetic_for_fold(config: ExperimentConfig, samples, split: dict, fold) -> list:
@@ -80,6 +105,7 @@ def _train_folds(config, samples, images, split, run_dir, folds, show_progress) 
     for fold in folds if folds is not None else range(split["n_folds"]):
         fold_dir = run_dir / f"fold_{fold}"
         if (fold_dir / "summary.json").is_file():
+            check_finished_fold(fold_dir, split, fold)
             print(f"fold {fold}: finished earlier, skipped ({fold_dir})")
             continue
         synthetic = synthetic_for_fold(config, samples, split, fold) if fold != "all" else []
@@ -103,14 +129,26 @@ def run_crossval(config: ExperimentConfig, run_dir: Path, *, folds=None, split_p
 
 
 def pooled_oof(fold_folders) -> dict[str, dict]:
-    """Out-of-fold predictions of several members, averaged per sample as scores (logits).
+    """Out-of-fold predictions of several members, averaged per sample as scores (logits)."""
+    return pool_rows([(Path(folder), read_oof(Path(folder) / "oof_predictions.csv")) for folder in fold_folders])
 
-    Members trained on the same split (several backbones) each predict a sample once; their
-    scores are averaged as the exported ensemble averages them.
+
+def pool_rows(rows_by_folder: list[tuple[Path, list[dict]]]) -> dict[str, dict]:
+    """Average out-of-fold rows per sample as scores; each run (a folder's parent) may score a sample once.
+
+    Runs on the same split (several backbones) each predict a sample once, and their scores are
+    averaged as the exported ensemble averages them. Two folds of one run scoring the same sample
+    means folds of different splits, or one fold given twice: refused.
     """
     by_sample = defaultdict(list)
-    for folder in fold_folders:
-        for row in read_oof(Path(folder) / "oof_predictions.csv"):
+    scored_by = {}
+    for folder, rows in rows_by_folder:
+        for row in rows:
+            key = (folder.resolve().parent, row["sample_id"])
+            if key in scored_by:
+                raise ValueError(f"sample {row['sample_id']} is scored twice in {key[0]}: by {scored_by[key].name} and "
+                                 f"{folder.name} (folds of different splits, or a fold given twice)")
+            scored_by[key] = folder
             by_sample[row["sample_id"]].append(row)
     pooled = {}
     for sample_id, rows in by_sample.items():

@@ -33,6 +33,7 @@ from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 import process  # noqa: E402
 from training.data import load_images  # noqa: E402
+from training.splits import fold_fingerprint  # noqa: E402
 
 CLASS_IDS = {"normal": 0, "atypical": 1}
 BOOTSTRAP_RESAMPLES = 2000
@@ -82,24 +83,16 @@ def bootstrap_intervals(labels, predicted, scores, *, resamples: int = BOOTSTRAP
     return intervals
 
 
-def published_evaluator_scores(entries: list[dict]) -> np.ndarray:
-    """P(atypical) as the organisers' evaluation code reads an output: confidence, or 1 - confidence for normal."""
-    return np.array([e["confidence"] if e["class"] == "atypical" else 1 - e["confidence"] for e in entries])
-
-
 def metrics_document(labels, entries: list[dict], probabilities, domains, model) -> dict:
     """metrics.json: the evaluator's aggregates from the outputs, intervals, and how the outputs were read."""
     predicted = np.array([CLASS_IDS[e["class"]] for e in entries])
     labels = np.asarray(labels)
     document = {
-        "model": model.name, "threshold": model.threshold, "confidence_meaning": model.confidence,
+        "model": model.name, "threshold": model.threshold,
         "n": int(len(labels)), "n_atypical": int(labels.sum()),
         "aggregates": evaluator_aggregates(labels, predicted, probabilities, domains),
         "confidence_intervals_95": bootstrap_intervals(labels, predicted, probabilities),
     }
-    # What the published evaluation code would report from these very files (see README).
-    as_published = _auc(labels, published_evaluator_scores(entries))
-    document["overall_roc_auc_as_the_published_evaluation_code_reads_confidence"] = as_published
     return document
 
 
@@ -169,6 +162,28 @@ def evaluate_patches(model_dir: Path, samples, out_dir: Path, *, domain_key: str
     return _write(out_dir, document, labels, probabilities, model.threshold)
 
 
+def check_members_held_out(model_dir: Path, split: dict, fold: int) -> None:
+    """Refuse to score fold `fold` of `split` with a model any of whose members may have trained on it.
+
+    A member is known to have held out exactly these samples when model.json records the
+    fingerprint of its held-out fold and it equals this fold's (training.splits.fold_fingerprint).
+    """
+    spec = json.loads((Path(model_dir) / "model.json").read_text())
+    members = spec.get("members") or []
+    if not members:
+        raise ValueError(f"{model_dir}/model.json lists no members, so nothing shows that they held out fold {fold}; "
+                         "evaluate it only on data it never trained on")
+    wanted = fold_fingerprint(split, fold)
+    for index, member in enumerate(members):
+        recorded = member.get("fold_sha256")
+        if recorded != wanted:
+            reason = ("model.json does not record which samples it held out" if recorded is None
+                      else f"it held out other samples (its fold {member.get('fold')} of another split or fold)")
+            raise ValueError(f"member {index} ({member.get('backbone')}, fold {member.get('fold')}) of {model_dir} may "
+                             f"have trained on fold {fold}'s samples: {reason}. Scoring it there would report a number "
+                             "it did not earn; export that fold alone, or evaluate on data no member saw")
+
+
 def _stack_case(stack: Path, folder: Path) -> Path:
     """An input folder laid out as grand-challenge lays it out, holding one stack (a link, not a copy).
 
@@ -215,8 +230,6 @@ def evaluate_cases(model_dir: Path, stacks_dir: Path, ground_truth: Path, out_di
         labels += [CLASS_IDS[label] for label in case["labels"]]
         domains += case["tumordomains"]
         entries += result
-    probabilities = np.array([e["confidence"] if model.confidence == "p_atypical"
-                              else (e["confidence"] if e["class"] == "atypical" else 1 - e["confidence"])
-                              for e in entries])
+    probabilities = np.array([e["confidence"] for e in entries])  # P(atypical), as the evaluator reads it
     document = metrics_document(labels, entries, probabilities, domains, model)
     return _write(out_dir, document, labels, probabilities, model.threshold)

@@ -22,12 +22,15 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+import process
 from training.config import ExperimentConfig, config_from_dict
-from training.crossval import oof_metrics, pooled_oof
+from training.crossval import oof_metrics, pool_rows
 from training.data import CLASSES, PATCH_SIZE, load_images, read_dataset
 from training.ensemble import EnsembleClassifier, Preprocess
 from training.models import create_classifier
+from training.splits import fold_fingerprint, load_split, split_fingerprint
 from training.torch_compat import import_timm
+from training.train import predict_scores, read_oof
 
 OPSET = 18
 PARITY_TOLERANCE = 1e-4
@@ -108,9 +111,46 @@ def _drop_debug_records(model: onnx.ModelProto) -> None:
 
 
 def _member_info(fold_dir: Path, args: dict) -> dict:
-    return {"backbone": args["backbone"], "fold": json.loads((fold_dir / "summary.json").read_text())["fold"],
+    """What model.json says of a member, with the fingerprints of the split and fold it held out.
+
+    evaluate refuses to score a fold with members that did not hold out exactly that fold.
+    """
+    summary = json.loads((fold_dir / "summary.json").read_text())
+    fold, fold_sha256, split_sha256 = summary["fold"], summary.get("fold_sha256"), summary.get("split_sha256")
+    split_file = fold_dir.parent / "split.json"
+    if split_sha256 is None and split_file.is_file():  # a fold finished before summaries recorded them
+        split = load_split(split_file)
+        split_sha256 = split_fingerprint(split)
+        fold_sha256 = fold_fingerprint(split, fold) if fold != "all" else None
+    return {"backbone": args["backbone"], "fold": fold, "fold_sha256": fold_sha256, "split_sha256": split_sha256,
             "mean": args["mean"], "std": args["std"], "crop": args.get("crop"),
             "checkpoint_sha256": _sha256(fold_dir / "model.safetensors")}
+
+
+def oof_for_views(fold_folders, members, samples, views, *, spacing_um=None) -> dict[str, dict]:
+    """Pooled out-of-fold predictions as the exported graph computes them, with `views`.
+
+    A member scored its validation fold with its config's test-time views; where those differ
+    from the exported ones, its validation samples are scored again with the exported views, so
+    that the threshold and the metrics in model.json belong to the graph that ships.
+    """
+    index_of = {sample.sample_id: index for index, sample in enumerate(samples)}
+    rows_by_folder = []
+    for folder, (network, args, config) in zip(map(Path, fold_folders), members):
+        rows = read_oof(folder / "oof_predictions.csv")
+        if tuple(config.tta_views) != tuple(views):
+            missing = [row["sample_id"] for row in rows if row["sample_id"] not in index_of]
+            if missing:
+                raise ExportError(f"{folder}: out-of-fold sample {missing[0]} is not in the dataset, so it cannot be "
+                                  f"scored again with the views {list(views)} (pass --data-root)")
+            patches = load_images([samples[index_of[row["sample_id"]]] for row in rows], spacing_um=spacing_um)
+            with torch.no_grad():
+                scores = predict_scores(network, Preprocess.from_args(args), torch.from_numpy(patches), views)
+            rows = [{**row, "score": float(score)} for row, score in zip(rows, scores)]
+            print(f"export: {folder.name}: {len(rows)} out-of-fold samples scored again with views {list(views)} "
+                  f"(trained with {list(config.tta_views)})")
+        rows_by_folder.append((folder, rows))
+    return pool_rows(rows_by_folder)
 
 
 def _split_description(split) -> str:
@@ -154,6 +194,14 @@ def _model_json(name, onnx_path, threshold, views, members, metrics, training) -
     }
 
 
+def _check_the_container_accepts(model_dir: Path) -> None:
+    """Load the staged folder with process.py's own loader: a model it would refuse is never written."""
+    try:
+        process.load_model(model_dir=model_dir)
+    except process.InputError as error:
+        raise ExportError(f"the container would refuse this model: {error}") from error
+
+
 def _install(staging: Path, out_dir: Path) -> None:
     """Replace the model files in `out_dir` with the staged ones (other files are left alone)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -163,15 +211,10 @@ def _install(staging: Path, out_dir: Path) -> None:
         shutil.move(str(new), out_dir / new.name)
 
 
-CONFIDENCE_MEANINGS = ("p_atypical", "predicted_class")  # as process.py reads them; see docs/model-format.md
-
-
 def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_root: str | None = None,
-                 fp16: bool = False, confidence: str = "p_atypical") -> dict:
+                 fp16: bool = False) -> dict:
     """Export `fold_folders` as one ensemble into `out_dir`; returns the model.json content."""
     started = time.perf_counter()
-    if confidence not in CONFIDENCE_MEANINGS:
-        raise ExportError(f"confidence must be one of {CONFIDENCE_MEANINGS}, got {confidence!r}")
     members = [load_member(folder) for folder in fold_folders]
     if not members:
         raise ExportError("no fold folders given")
@@ -179,7 +222,8 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
     views = list(views or first_config.tta_views)
     ensemble = EnsembleClassifier([m[0] for m in members], [Preprocess.from_args(m[1]) for m in members], views).eval()
     samples = read_dataset(first_config.data.kind, data_root or first_config.data.root, slides=first_config.data.slides)
-    oof = oof_metrics(pooled_oof(fold_folders), samples)
+    oof = oof_metrics(oof_for_views(fold_folders, members, samples, views,
+                                    spacing_um=first_config.data.slides_spacing_um), samples)
     out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".export-") as scratch:
@@ -196,11 +240,12 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
                     "n_atypical": int(sum(s.label for s in samples)), "n_slides": len({s.slide for s in samples}),
                     "split": _split_description(first_config.split), "configs": sorted({m[2].name for m in members}),
                     "backbones": sorted({m[1]["backbone"] for m in members})}
-        metrics = {"oof": oof, "export_parity_max_abs_difference": difference}
+        metrics = {"oof": oof, "oof_views": list(views), "export_parity_max_abs_difference": difference}
         spec = _model_json(name, onnx_path, oof["threshold"], views, member_info, metrics, training)
         spec["precision"] = "float16" if fp16 else "float32"
-        spec["confidence"] = confidence
+        spec["confidence"] = "p_atypical"  # the Track 2 contract; process.py refuses any other value
         (staging / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
+        _check_the_container_accepts(staging)
         _install(staging, out_dir)
     size_mb = (out_dir / f"{name}.onnx").stat().st_size / 1e6
     print(f"export: {len(members)} members x {len(views)} views -> {out_dir / (name + '.onnx')} ({size_mb:.1f} MB), "

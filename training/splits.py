@@ -85,6 +85,12 @@ def fold_fingerprint(split: dict, fold: int) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def split_fingerprint(split: dict) -> str:
+    """sha256 of every fold's fingerprint, in fold order: equal fingerprints, the same split of the same samples."""
+    payload = json.dumps([fold_fingerprint(split, fold) for fold in range(len(split["folds"]))])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
 def fold_indices(split: dict, samples: list[Sample], fold: int | str) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) indices into `samples` for `fold`; fold "all" trains on everything.
 

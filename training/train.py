@@ -37,7 +37,7 @@ from training.data import Sample, labels_of
 from training.ensemble import Preprocess, view_scores
 from training.metrics import binary_metrics
 from training.models import create_classifier, model_args
-from training.splits import fold_indices
+from training.splits import fold_fingerprint, fold_indices, split_fingerprint
 from training.torch_compat import import_timm
 
 OOF_COLUMNS = ("sample_id", "slide", "label", "fold", "score", "probability")
@@ -282,7 +282,8 @@ def _validate(trainer, data: _FoldData, row: dict) -> float:
     return metrics["roc_auc"]
 
 
-def _run_epochs(trainer, data, generator, out_dir, resume: dict, distributed, show_progress) -> tuple[dict, list]:
+def _run_epochs(trainer, data, generator, out_dir, resume: dict, distributed, show_progress,
+                split_sha256: str) -> tuple[dict, list]:
     """The epoch loop with per-epoch logging, resume points and optional early stopping; (best, history)."""
     optim = trainer.config.optim
     history, best = resume.get("history", []), resume.get("best", {"auc": -1.0, "epoch": 0, "state": None})
@@ -303,7 +304,7 @@ def _run_epochs(trainer, data, generator, out_dir, resume: dict, distributed, sh
                 log.add(row)
                 if optim.early_stopping_patience and auc > best["auc"]:
                     best = {"auc": auc, "epoch": epoch + 1, "state": copy.deepcopy(trainer.evaluated.state_dict())}
-                _save_resume(out_dir, trainer, generator, history, best)
+                _save_resume(out_dir, trainer, generator, history, best, split_sha256)
             if optim.early_stopping_patience and _should_stop(best, epoch + 1, optim.early_stopping_patience, distributed):
                 break
     if log is not None:
@@ -321,14 +322,15 @@ def _should_stop(best, epoch, patience, distributed) -> bool:
     return bool(stop.item())
 
 
-def _save_resume(out_dir, trainer, generator, history, best) -> None:
+def _save_resume(out_dir, trainer, generator, history, best, split_sha256: str) -> None:
     scratch = out_dir / (RESUME_FILE + ".tmp")
     torch.save({**trainer.state(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "history": history, "best": best, "config": yaml.safe_dump(asdict(trainer.config))}, scratch)
+                "history": history, "best": best, "config": yaml.safe_dump(asdict(trainer.config)),
+                "split_sha256": split_sha256}, scratch)
     scratch.replace(out_dir / RESUME_FILE)
 
 
-def _load_resume(out_dir: Path, trainer, generator, config) -> dict:
+def _load_resume(out_dir: Path, trainer, generator, config, split_sha256: str) -> dict:
     """The saved state of an interrupted run of this fold, restored into trainer and generator; {} if none."""
     path = out_dir / RESUME_FILE
     if not path.is_file():
@@ -336,6 +338,9 @@ def _load_resume(out_dir: Path, trainer, generator, config) -> dict:
     state = torch.load(path, map_location=trainer.device, weights_only=True)
     if state["config"] != yaml.safe_dump(asdict(config)):
         raise ValueError(f"{path}: left by a run with another config; delete it to start this fold afresh")
+    if state.get("split_sha256", split_sha256) != split_sha256:
+        raise ValueError(f"{path}: left by a run on another split; resuming would train on other slides. "
+                         "Resume with the split it began with, or delete it to start this fold afresh")
     trainer.restore(state)
     generator.set_state(state["generator"].cpu())
     torch.set_rng_state(state["torch_rng"].cpu())
@@ -363,13 +368,16 @@ def train_fold(config: ExperimentConfig, samples: list[Sample], images: np.ndarr
     if distributed.main:
         save_config(config, out_dir / "config.yaml")
         (out_dir / "model_args.json").write_text(json.dumps(trainer.args, indent=2) + "\n")
-    resume = _load_resume(out_dir, trainer, generator, config)
-    best, history = _run_epochs(trainer, data, generator, out_dir, resume, distributed, show_progress)
+    resume = _load_resume(out_dir, trainer, generator, config, split_fingerprint(split))
+    best, history = _run_epochs(trainer, data, generator, out_dir, resume, distributed, show_progress,
+                                split_fingerprint(split))
     if not distributed.main:
         return {}
     save_file({k: v.contiguous().cpu() for k, v in trainer.evaluated.state_dict().items()},
               str(out_dir / "model.safetensors"), metadata={"model_args": json.dumps(trainer.args)})
     summary = _summary(config, fold, data, device, distributed, history, best)
+    summary["fold_sha256"] = fold_fingerprint(split, fold) if fold != "all" else None
+    summary["split_sha256"] = split_fingerprint(split)
     summary["n_train_synthetic"] = int(sum(samples[i].synthetic for i in train_index))
     if len(val_index):
         summary.update(_write_oof(trainer, samples, data, fold, out_dir))
