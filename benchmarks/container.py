@@ -19,20 +19,23 @@ from pathlib import Path
 
 from benchmarks import quiet
 from benchmarks.common import ROOT, median, ms, report
-from benchmarks.image_size import TAG
-from benchmarks.startup import SAMPLE_STACK
+from benchmarks.image_size import TAGS
+from benchmarks.startup import BASELINE_FILES, sample_case
 
-OVERLAY = "FROM {base}\nCOPY process.py crops.py /opt/app/\nCOPY model/ /opt/app/model/\n"
+TAG = TAGS[0]  # the GPU image, as grand-challenge would run it on a CPU worker
+OVERLAY = "FROM {base}\nCOPY *.py /opt/app/\nCOPY model/ /opt/app/model/\n"
 
 
 def build_overlay(base: str, tag: str, *, revision: str | None) -> None:
-    """`base` with process.py, crops.py and model/ of the working tree (or of a git revision) on top."""
+    """`base` with process.py, its modules and model/ of the working tree (or of a git revision) on top."""
     with tempfile.TemporaryDirectory() as context:
-        for name in ("process.py", "crops.py"):
+        for name in BASELINE_FILES:
             target = Path(context) / name
             if revision:
-                target.write_bytes(subprocess.run(["git", "show", f"{revision}:{name}"], cwd=ROOT,
-                                                  capture_output=True, check=True).stdout)
+                shown = subprocess.run(["git", "show", f"{revision}:{name}"], cwd=ROOT, capture_output=True,
+                                       check=name == "process.py")
+                if shown.returncode == 0:
+                    target.write_bytes(shown.stdout)
             else:
                 shutil.copy(ROOT / name, target)
         shutil.copytree(ROOT / "model", Path(context) / "model")
@@ -76,10 +79,11 @@ def main(argv=None) -> int:
         state = quiet.from_arguments(args)
         gpus = ["--gpus", "all"] if args.gpus else []
         seconds = {label: [] for label in [*tags, "start-up only"]}
+        case = sample_case(args.baseline)
         for _ in range(args.runs):
             for label, tag in tags.items():
-                seconds[label].append(docker_run(SAMPLE_STACK, *gpus, tag))
-            seconds["start-up only"].append(docker_run(SAMPLE_STACK, *gpus, "--entrypoint", "/opt/venv/bin/python",
+                seconds[label].append(docker_run(case, *gpus, tag))
+            seconds["start-up only"].append(docker_run(case, *gpus, "--entrypoint", "/opt/venv/bin/python",
                                                        tags["this working tree"], "-c", "pass"))
     finally:
         subprocess.run(["docker", "image", "rm", *tags.values()], capture_output=True, check=False)

@@ -19,6 +19,7 @@ BENCHMARKS = [
     ("benchmarks.ort_vs_torch", []),
     ("benchmarks.precision", []),
     ("benchmarks.container", ["--runs", "10"]),
+    ("benchmarks.paper_ensemble", ["--runs", "3"]),
     ("benchmarks.training_speed", []),
 ]
 TAKES_WAIT_OPTIONS = {module for module, _ in BENCHMARKS} - {"benchmarks.image_size"}

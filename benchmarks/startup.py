@@ -20,7 +20,14 @@ from pathlib import Path
 from benchmarks import quiet
 from benchmarks.common import MODEL_DIR, ROOT, median, ms, report
 
-SAMPLE_STACK = ROOT / "test" / "input"  # 16 pages of 128x128, as the official stacks
+SAMPLE_STACK = ROOT / "test" / "input"  # 16 pages of 128x128, as the official stacks, laid out as the platform does
+# The same stack under its upload name: revisions before the platform layout was read only find it so.
+HAND_NAMED_STACK = ROOT / "test" / "hand-named" / "input"
+
+
+def sample_case(baseline: str | None) -> Path:
+    """The case to time: the platform-laid-out stack, or with a baseline the hand-named one both revisions read."""
+    return HAND_NAMED_STACK if baseline else SAMPLE_STACK
 TIMINGS_PREFIX = "process: timings "
 
 
@@ -50,12 +57,16 @@ def run_process(python: str, script: Path, *, input_dir: Path, model_dir: Path, 
     return result
 
 
+BASELINE_FILES = ("process.py", "crops.py", "image_checks.py")  # those a revision lacks are skipped
+
+
 def baseline_folder(revision: str, into: Path) -> Path:
-    """process.py and crops.py of a git revision in a folder of their own (the model is passed in)."""
-    for name in ("process.py", "crops.py"):
-        source = subprocess.run(["git", "show", f"{revision}:{name}"], cwd=ROOT, capture_output=True, text=True,
-                                check=True).stdout
-        (into / name).write_text(source)
+    """process.py and the modules beside it at a git revision, in a folder of their own (the model is passed in)."""
+    for name in BASELINE_FILES:
+        shown = subprocess.run(["git", "show", f"{revision}:{name}"], cwd=ROOT, capture_output=True, text=True,
+                               check=name == "process.py")
+        if shown.returncode == 0:
+            (into / name).write_text(shown.stdout)
     return into / "process.py"
 
 
@@ -89,11 +100,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--python", default=str(ROOT / ".venv" / "bin" / "python"))
-    parser.add_argument("--input", type=Path, default=SAMPLE_STACK, help="a case folder (default: the sample stack)")
+    parser.add_argument("--input", type=Path, help="a case folder (default: test/input/, or test/hand-named/input/ "
+                                                 "with --baseline, which older revisions can read)")
     parser.add_argument("--model", type=Path, default=MODEL_DIR)
     parser.add_argument("--baseline", metavar="REV", help="also time process.py at this git revision, interleaved")
     quiet.add_arguments(parser)
     args = parser.parse_args(argv)
+    args.input = (args.input or sample_case(args.baseline)).resolve()  # the runs' working folder is the script's
+    args.model = args.model.resolve()
     state = quiet.from_arguments(args)
     script = ROOT / "process.py"
     with tempfile.TemporaryDirectory() as scratch:
