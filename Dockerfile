@@ -54,7 +54,8 @@ RUN groupadd -r user && useradd -m --no-log-init -r -g user user
 COPY --from=venv /opt/venv /opt/venv
 
 WORKDIR /opt/app
-COPY process.py crops.py image_checks.py /opt/app/
+COPY process.py /opt/app/
+COPY inference/ /opt/app/inference/
 COPY model/ /opt/app/model/
 
 # A named user as in grand-challenge's algorithm template; its id comes from useradd -r inside the

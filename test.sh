@@ -174,7 +174,7 @@ prepare_docker() {
             "$image_model_json" "$MODEL_DIR/model.json" 2>/dev/null; then
         log "WARNING: $TAG was built from another model/ than this checkout's: rebuild with ./test.sh --build$([ "$VARIANT" = cpu ] && echo " --cpu")"
     fi
-    for source in process.py crops.py image_checks.py; do
+    for source in process.py inference/*.py; do
         if ! docker run --rm --network none --entrypoint cat "$TAG" "/opt/app/$source" 2>/dev/null | cmp -s - "$source"; then
             log "WARNING: $TAG was built from another $source than this checkout's: rebuild with ./test.sh --build$([ "$VARIANT" = cpu ] && echo " --cpu")"
         fi

@@ -23,7 +23,7 @@ from benchmarks.image_size import TAGS
 from benchmarks.startup import BASELINE_FILES, sample_case
 
 TAG = TAGS[0]  # the GPU image, as grand-challenge would run it on a CPU worker
-OVERLAY = "FROM {base}\nCOPY *.py /opt/app/\nCOPY model/ /opt/app/model/\n"
+OVERLAY = "FROM {base}\nCOPY . /opt/app/\n"  # process.py, its modules (inference/ or beside it) and model/
 
 
 def build_overlay(base: str, tag: str, *, revision: str | None) -> None:
@@ -31,12 +31,13 @@ def build_overlay(base: str, tag: str, *, revision: str | None) -> None:
     with tempfile.TemporaryDirectory() as context:
         for name in BASELINE_FILES:
             target = Path(context) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
             if revision:
                 shown = subprocess.run(["git", "show", f"{revision}:{name}"], cwd=ROOT, capture_output=True,
                                        check=name == "process.py")
                 if shown.returncode == 0:
                     target.write_bytes(shown.stdout)
-            else:
+            elif (ROOT / name).is_file():
                 shutil.copy(ROOT / name, target)
         shutil.copytree(ROOT / "model", Path(context) / "model")
         (Path(context) / "Dockerfile").write_text(OVERLAY.format(base=base))

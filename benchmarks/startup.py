@@ -57,7 +57,9 @@ def run_process(python: str, script: Path, *, input_dir: Path, model_dir: Path, 
     return result
 
 
-BASELINE_FILES = ("process.py", "crops.py", "image_checks.py")  # those a revision lacks are skipped
+# process.py and the modules beside it, before and after they moved into inference/; a revision lacks some
+BASELINE_FILES = ("process.py", "crops.py", "image_checks.py", *(f"inference/{path.name}" for path in
+                                                                 sorted((ROOT / "inference").glob("*.py"))))
 
 
 def baseline_folder(revision: str, into: Path) -> Path:
@@ -66,6 +68,7 @@ def baseline_folder(revision: str, into: Path) -> Path:
         shown = subprocess.run(["git", "show", f"{revision}:{name}"], cwd=ROOT, capture_output=True, text=True,
                                check=name == "process.py")
         if shown.returncode == 0:
+            (into / name).parent.mkdir(parents=True, exist_ok=True)
             (into / name).write_text(shown.stdout)
     return into / "process.py"
 

@@ -1,6 +1,6 @@
 """Inference throughput of the shipped graph in ONNX Runtime, by batch size and thread count.
 
-The session has process.py's own settings (`process.session_options`), with the intra-op thread count
+The session has the container's own settings (`inference.model.session_options`), with the intra-op thread count
 set; the patches are real AMi-Br patches. Each cell is the median of repeated `session.run` calls
 after two warm-up runs: a long-running service's speed, without the container's start-up.
 """
@@ -11,7 +11,7 @@ import time
 
 import onnxruntime as ort
 
-import process
+from inference.model import session_options
 from benchmarks import quiet
 from benchmarks.common import MODEL_DIR, amibr_patches, display_path, median, report
 
@@ -35,7 +35,7 @@ def seconds_per_run(session, patches, *, min_runs: int, min_seconds: float) -> f
 def open_session(onnx_path, threads: int, provider: str = "CPUExecutionProvider") -> ort.InferenceSession:
     """A session with process.py's settings and `threads` intra-op threads, on `provider` (CPU fallback)."""
     providers = [provider, "CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [provider]
-    return ort.InferenceSession(str(onnx_path), sess_options=process.session_options(threads), providers=providers)
+    return ort.InferenceSession(str(onnx_path), sess_options=session_options(threads), providers=providers)
 
 
 def main(argv=None) -> int:

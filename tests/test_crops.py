@@ -1,4 +1,4 @@
-"""Tests of crops.py, the cropping shared by process.py and training: centres, edges, outside points, resampling.
+"""Tests of inference/crops.py, the cropping shared by the container and training: centres, edges, outside points, resampling.
 
 Expected patches are cut by hand here (numpy padding and slicing), independently of crops.py.
 """
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import crops
+from inference import crops
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -220,7 +220,7 @@ def test_bad_spacing_is_an_error(spacing):
 
 
 def test_crops_module_imports_numpy_alone_at_the_top():
-    tree = ast.parse((REPO / "crops.py").read_text())
+    tree = ast.parse((REPO / "inference" / "crops.py").read_text())
     top_level = set()
     for node in tree.body:
         if isinstance(node, ast.Import):

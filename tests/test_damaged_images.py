@@ -18,7 +18,7 @@ import pytest
 import SimpleITK as sitk
 import tifffile
 
-import image_checks
+from inference import image_checks
 from tests.conftest import STACK_SLUG, only_file, platform_file_name
 from tests.test_points import ROI_FOLDER, image_socket, multiple_points, points_socket, roi_image, to_mm
 from tests.test_process import OUTPUT_NAME, assert_failed, brightness_pages

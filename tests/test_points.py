@@ -6,8 +6,8 @@ each probability is checked against crops cut by hand (numpy padding and slicing
 """
 
 import json
-import shutil
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,8 +18,10 @@ import pytest
 import SimpleITK as sitk
 import tifffile
 
-import crops
 import process
+from inference import crops
+from inference.images import Geometry
+from inference.model import BATCH_SIZE
 from scripts.compare_outputs import points_contract_problems
 from tests.conftest import only_file, platform_file_name
 from tests.fake_model import fake_probability, write_fake_model
@@ -242,13 +244,13 @@ def test_mm_with_a_non_zero_origin(make_points_case, fake_model_dir, tmp_path, c
 
 
 def test_geometry_round_trip_with_origin_and_direction():
-    flipped = process.Geometry(spacing=np.array([0.00025, 0.0005]), origin=np.array([1.0, -2.0]),
+    flipped = Geometry(spacing=np.array([0.00025, 0.0005]), origin=np.array([1.0, -2.0]),
                                direction=np.array([[-1.0, 0.0], [0.0, 1.0]]))
     pixels = np.array([[0.0, 0.0], [10.0, 20.0], [399.0, 299.0]])
     mm = flipped.to_mm(pixels)
     np.testing.assert_allclose(mm[1], [1.0 - 10 * 0.00025, -2.0 + 20 * 0.0005])
     np.testing.assert_allclose(flipped.to_pixels(mm), pixels, atol=1e-9)
-    plain = process.Geometry(spacing=np.array([0.00025, 0.00025]), origin=np.array([1.5, -2.0]), direction=np.eye(2))
+    plain = Geometry(spacing=np.array([0.00025, 0.00025]), origin=np.array([1.5, -2.0]), direction=np.eye(2))
     np.testing.assert_allclose(plain.to_pixels(np.array([[1.5 + 0.025, -2.0 + 0.0125]])), [[100.0, 50.0]])
     assert plain.to_pixels(np.zeros((0, 2))).shape == (0, 2)
 
@@ -302,7 +304,7 @@ def test_points_near_the_edge_get_black_padded_crops(make_points_case, fake_mode
 
 def test_more_points_than_one_batch(make_points_case, fake_model_dir, tmp_path, capsys):
     pixels = [(float(x), float(y)) for x in range(0, 400, 40) for y in range(0, 300, 40)][:70]
-    assert len(pixels) > process.BATCH_SIZE
+    assert len(pixels) > BATCH_SIZE
     output, stderr = read_output(make_points_case(IMAGE, pixels, form="csv"), tmp_path, fake_model_dir, capsys)
     assert "70 points in 2 run(s)" in stderr
     np.testing.assert_allclose([item["probability"] for item in output["points"]],

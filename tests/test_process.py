@@ -21,6 +21,10 @@ import pytest
 import SimpleITK as sitk
 from onnx import numpy_helper
 
+import inference.errors
+import inference.images
+import inference.model
+import inference.output
 import process
 from scripts.compare_outputs import contract_problems
 from tests.conftest import STACK_SLUG, only_file, platform_file_name, stack_socket, write_image
@@ -167,7 +171,7 @@ def test_single_page(make_case, fake_model_dir, tmp_path, name):
 
 def test_more_pages_than_one_batch(make_case, fake_model_dir, tmp_path):
     pages = brightness_pages(np.resize(np.arange(30, 230, 7), 70))
-    assert len(pages) > process.BATCH_SIZE
+    assert len(pages) > inference.model.BATCH_SIZE
     stderr = check_probabilities(make_case(pages, compression="deflate"), fake_model_dir, tmp_path, pages)
     assert "70 pages in 2 run(s)" in stderr
 
@@ -220,14 +224,14 @@ def test_pad_one_axis_crop_the_other(make_case, fake_model_dir, tmp_path):
 
 def test_fit_pages_offsets():
     pages = np.arange(5 * 3, dtype=np.uint8).reshape(1, 5, 3, 1)
-    fitted = process.fit_pages(pages, height=3, width=4)  # crop rows 1..3, pad one black column on the right
+    fitted = inference.images.fit_pages(pages, height=3, width=4)  # crop rows 1..3, pad one black column on the right
     expected = np.array([[3, 4, 5, 0], [6, 7, 8, 0], [9, 10, 11, 0]], np.uint8)
     np.testing.assert_array_equal(fitted[0, :, :, 0], expected)
-    fitted = process.fit_pages(pages, height=7, width=3)  # pad one black row above and one below
+    fitted = inference.images.fit_pages(pages, height=7, width=3)  # pad one black row above and one below
     np.testing.assert_array_equal(fitted[0, :, :, 0], np.pad(pages[0, :, :, 0], ((1, 1), (0, 0))))
-    odd = process.fit_pages(pages, height=2, width=2)  # odd surplus (3 rows, 1 column): the extra goes after
+    odd = inference.images.fit_pages(pages, height=2, width=2)  # odd surplus (3 rows, 1 column): the extra goes after
     np.testing.assert_array_equal(odd[0, :, :, 0], pages[0, 1:3, 0:2, 0])
-    assert process.fit_pages(pages, height=5, width=3) is pages
+    assert inference.images.fit_pages(pages, height=5, width=3) is pages
 
 
 def test_without_inputs_json_uses_the_only_image(make_case, fake_model_dir, tmp_path):
@@ -415,20 +419,20 @@ def test_an_empty_upload_folder_falls_back_to_the_baked_in_model(fake_model_dir,
     """Grand-challenge leaves /opt/ml/model/ empty when no model tarball was uploaded."""
     upload = tmp_path / "opt-ml-model"
     upload.mkdir()
-    assert process.find_model_dir([upload, fake_model_dir]) == fake_model_dir
-    assert process.find_model_dir([tmp_path / "absent", fake_model_dir]) == fake_model_dir
+    assert inference.model.find_model_dir([upload, fake_model_dir]) == fake_model_dir
+    assert inference.model.find_model_dir([tmp_path / "absent", fake_model_dir]) == fake_model_dir
 
 
 def test_a_misshapen_upload_is_an_error_not_a_fallback(fake_model_dir, tmp_path):
     """A tarball of the model folder (model/model.json) instead of its files must not run the baked-in model."""
     upload = tmp_path / "opt-ml-model"
     shutil.copytree(fake_model_dir, upload / "model")
-    with pytest.raises(process.InputError, match=r"no model.json: it lies one folder down, at .*model/model.json"):
-        process.find_model_dir([upload, fake_model_dir])
+    with pytest.raises(inference.errors.InputError, match=r"no model.json: it lies one folder down, at .*model/model.json"):
+        inference.model.find_model_dir([upload, fake_model_dir])
     shutil.rmtree(upload / "model")
     (upload / "notes.txt").write_text("not a model")
-    with pytest.raises(process.InputError, match="holds files but no model.json$"):
-        process.find_model_dir([upload, fake_model_dir])
+    with pytest.raises(inference.errors.InputError, match="holds files but no model.json$"):
+        inference.model.find_model_dir([upload, fake_model_dir])
 
 
 @pytest.mark.parametrize("fault", list(MODEL_FAULTS))
@@ -467,9 +471,9 @@ def test_write_leaves_nothing_behind_on_failure(tmp_path, monkeypatch):
     def failing_replace(source, destination):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(process.os, "replace", failing_replace)
-    with pytest.raises(process.InputError, match="No space left"):
-        process.write_json(path=tmp_path / "out" / OUTPUT_NAME, payload=[{"class": "normal", "confidence": 0.1}])
+    monkeypatch.setattr(inference.output.os, "replace", failing_replace)
+    with pytest.raises(inference.errors.InputError, match="No space left"):
+        inference.output.write_json(path=tmp_path / "out" / OUTPUT_NAME, payload=[{"class": "normal", "confidence": 0.1}])
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -481,10 +485,10 @@ def test_model_lookup_falls_back_past_an_empty_folder(tmp_path, fake_model_dir):
     empty = tmp_path / "opt-ml-model"
     empty.mkdir()
     second = write_fake_model(tmp_path / "repo-model")
-    assert process.find_model_dir([empty, tmp_path / "missing", second]) == second
-    assert process.find_model_dir([fake_model_dir, second]) == fake_model_dir
-    with pytest.raises(process.InputError, match="no model.json"):
-        process.find_model_dir([empty, tmp_path / "missing"])
+    assert inference.model.find_model_dir([empty, tmp_path / "missing", second]) == second
+    assert inference.model.find_model_dir([fake_model_dir, second]) == fake_model_dir
+    with pytest.raises(inference.errors.InputError, match="no model.json"):
+        inference.model.find_model_dir([empty, tmp_path / "missing"])
     assert process.MODEL_PATHS == (Path("/opt/ml/model"), REPO / "model")
 
 
@@ -498,10 +502,10 @@ def _record_sessions(monkeypatch, providers_offered, *, driver=True, cuda_fails=
             if cuda_fails and "CUDAExecutionProvider" in providers:
                 raise RuntimeError("CUDA driver version is insufficient for CUDA runtime version")
 
-    monkeypatch.setattr(process.ort, "get_available_providers", lambda: providers_offered)
-    monkeypatch.setattr(process.ort, "preload_dlls", lambda: calls.append(("preload",)), raising=False)
-    monkeypatch.setattr(process.ort, "InferenceSession", RecordingSession)
-    monkeypatch.setattr(process, "nvidia_driver_loads", lambda: driver)
+    monkeypatch.setattr(inference.model.ort, "get_available_providers", lambda: providers_offered)
+    monkeypatch.setattr(inference.model.ort, "preload_dlls", lambda: calls.append(("preload",)), raising=False)
+    monkeypatch.setattr(inference.model.ort, "InferenceSession", RecordingSession)
+    monkeypatch.setattr(inference.model, "nvidia_driver_loads", lambda: driver)
     return calls
 
 
@@ -511,7 +515,7 @@ CPU = ["CPUExecutionProvider"]
 
 def test_session_prefers_cuda_when_offered(monkeypatch, fake_model_dir):
     calls = _record_sessions(monkeypatch, BOTH)
-    process.create_session(fake_model_dir / "fake.onnx")
+    inference.model.create_session(fake_model_dir / "fake.onnx")
     cpus = len(os.sched_getaffinity(0))
     assert calls == [("preload",), ("session", BOTH, cpus)]
 
@@ -519,23 +523,23 @@ def test_session_prefers_cuda_when_offered(monkeypatch, fake_model_dir):
 def test_session_is_cpu_only_without_cuda_build_or_driver(monkeypatch, fake_model_dir):
     cpus = len(os.sched_getaffinity(0))
     calls = _record_sessions(monkeypatch, CPU)
-    process.create_session(fake_model_dir / "fake.onnx")
+    inference.model.create_session(fake_model_dir / "fake.onnx")
     assert calls == [("session", CPU, cpus)]
     calls = _record_sessions(monkeypatch, BOTH, driver=False)  # onnxruntime-gpu, but no GPU passed in
-    process.create_session(fake_model_dir / "fake.onnx")
+    inference.model.create_session(fake_model_dir / "fake.onnx")
     assert calls == [("session", CPU, cpus)]
 
 
 def test_a_failing_cuda_session_falls_back_to_the_cpu(monkeypatch, fake_model_dir, capsys):
     calls = _record_sessions(monkeypatch, BOTH, cuda_fails=True)
-    process.create_session(fake_model_dir / "fake.onnx")
+    inference.model.create_session(fake_model_dir / "fake.onnx")
     assert [c[1] for c in calls if c[0] == "session"] == [BOTH, CPU]
     assert "CUDA session failed (CUDA driver version is insufficient" in capsys.readouterr().err
 
 
 def test_nvidia_driver_check_is_false_without_a_gpu():
     # This machine class has no NVIDIA driver; where one exists the check must say so.
-    assert process.nvidia_driver_loads() == Path("/proc/driver/nvidia").exists()
+    assert inference.model.nvidia_driver_loads() == Path("/proc/driver/nvidia").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -578,20 +582,26 @@ def imported_modules(path: Path) -> set[str]:
     return imported - set(sys.stdlib_module_names)
 
 
-def test_process_source_imports_only_stdlib_numpy_simpleitk_onnxruntime():
-    # crops.py and image_checks.py are the project modules the container copies beside process.py (the Dockerfile)
-    assert imported_modules(REPO / "process.py") == {"numpy", "SimpleITK", "onnxruntime", "crops", "image_checks"}
-    assert imported_modules(REPO / "crops.py") == {"numpy", "SimpleITK"}
-    assert imported_modules(REPO / "image_checks.py") == set()
+PACKAGE = REPO / "inference"
 
 
-def test_the_image_gets_every_project_module_process_imports():
-    """The Dockerfile copies, and .dockerignore lets through, process.py and each local module it imports."""
-    local = {name for name in imported_modules(REPO / "process.py") if (REPO / f"{name}.py").is_file()}
+def test_process_imports_only_the_inference_package():
+    """process.py is the platform's thin entry point: the work is in inference/."""
+    assert imported_modules(REPO / "process.py") == {"inference"}
+    assert not (REPO / "crops.py").exists() and not (REPO / "image_checks.py").exists()  # moved into the package
+
+
+@pytest.mark.parametrize("module", sorted(path.name for path in PACKAGE.glob("*.py")))
+def test_the_package_imports_no_torch_and_nothing_from_training(module):
+    assert imported_modules(PACKAGE / module) <= {"numpy", "SimpleITK", "onnxruntime", "inference"}
+
+
+def test_the_image_gets_process_py_and_the_whole_package():
+    """The Dockerfile copies, and .dockerignore lets through, process.py and inference/ (and no training code)."""
     copied = set()
     for line in (REPO / "Dockerfile").read_text().splitlines():
-        if line.startswith("COPY ") and line.rstrip().endswith("/opt/app/"):
+        if line.startswith("COPY ") and "/opt/app/" in line.split()[-1]:
             copied |= set(line.split()[1:-1])
     allowed = {line[1:] for line in (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")}
-    for name in {"process.py", *(f"{module}.py" for module in local)}:
-        assert name in copied and name in allowed, name
+    assert {"process.py", "inference/"} <= copied and {"process.py", "inference/"} <= allowed
+    assert not any(name.startswith(("training", "tests", "benchmarks")) for name in copied | allowed)

@@ -143,7 +143,7 @@ def test_evaluate_refuses_a_fold_that_members_trained_on(exported, tmp_path):
 
 def test_export_with_other_views_scores_the_out_of_fold_samples_again(exported, tmp_path):
     """model.json's out-of-fold numbers are those of the graph that ships, views included."""
-    import process
+    from inference.model import load_model, predict
     from training.data import load_images, read_amibr
     from training.metrics import binary_metrics
 
@@ -156,7 +156,7 @@ def test_export_with_other_views_scores_the_out_of_fold_samples_again(exported, 
     rows = [line.split(",") for line in (run_dir / "fold_1" / "oof_predictions.csv").read_text().splitlines()[1:]]
     by_id = {s.sample_id: s for s in read_amibr(config["data"]["root"])}
     samples = [by_id[row[0]] for row in rows]
-    probabilities = process.predict(process.load_model(model_dir=model_dir), load_images(samples))
+    probabilities = predict(load_model(model_dir=model_dir), load_images(samples))
     labels = np.array([s.label for s in samples])
     expected = binary_metrics(labels, probabilities.astype(np.float64), spec["threshold"])
     assert spec["metrics"]["oof"]["n"] == len(samples)

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import crops
-import process
+from inference import crops
+from inference.contract import POINTS_SLUG, ROI_SLUG
+from inference.images import read_roi
+from inference.points import parse_points, points_value
+from inference.sockets import socket_image_path
 from training import sample_roi
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,13 +49,13 @@ def test_figures_near_the_edge_give_black_padded_crops(roi):
 def test_written_case_reads_back_as_process_py_reads_it(tmp_path, roi):
     folder = sample_roi.write_roi_case(tmp_path / "case")
     sockets = json.loads((folder / "inputs.json").read_text())
-    assert [socket["interface"]["slug"] for socket in sockets] == [process.ROI_SLUG, process.POINTS_SLUG]
-    path = process.socket_image_path(sockets[0], input_dir=folder)
+    assert [socket["interface"]["slug"] for socket in sockets] == [ROI_SLUG, POINTS_SLUG]
+    path = socket_image_path(sockets[0], input_dir=folder)
     assert sitk.ReadImage(str(path)).GetSpacing() == (0.00025, 0.00025)
-    image, geometry = process.read_roi(path=path)
+    image, geometry = read_roi(path=path)
     np.testing.assert_array_equal(image, roi)
-    value, source = process.points_value(sockets[1], input_dir=folder)
-    pixels = geometry.to_pixels(np.array([point[:2] for point in process.parse_points(value, source=source)]))
+    value, source = points_value(sockets[1], input_dir=folder)
+    pixels = geometry.to_pixels(np.array([point[:2] for point in parse_points(value, source=source)]))
     np.testing.assert_allclose(pixels, [(x, y) for x, y, _ in sample_roi.FIGURES], atol=1e-5)
 
 

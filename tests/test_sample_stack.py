@@ -72,7 +72,9 @@ def test_tiff_round_trip_through_simpleitk(stack, tmp_path):
 def test_sample_case_layout(tmp_path, layout):
     """Laid out as grand-challenge does: the one image in the socket folder, its upload name in inputs.json,
     and the file itself named by the platform (a UUID) unless hand-named."""
-    import process
+    from inference.contract import STACK_SLUG
+    from inference.images import read_stack
+    from inference.sockets import socket_image_path
     from training.cli import main as training_cli
 
     case = tmp_path / "case"
@@ -81,7 +83,7 @@ def test_sample_case_layout(tmp_path, layout):
     sockets = json.loads((case / "inputs.json").read_text())
     assert len(sockets) == 1
     interface = sockets[0]["interface"]
-    assert (interface["slug"], interface["relative_path"]) == (process.STACK_SLUG, f"images/{process.STACK_SLUG}")
+    assert (interface["slug"], interface["relative_path"]) == (STACK_SLUG, f"images/{STACK_SLUG}")
     (image,) = (case / interface["relative_path"]).iterdir()
     upload_name = sockets[0]["image"]["name"]
     suffix, hand_named = sample_stack.LAYOUTS[layout]
@@ -94,8 +96,8 @@ def test_sample_case_layout(tmp_path, layout):
     if suffix == ".mha":
         itk_image = sitk.ReadImage(str(image))
         assert (itk_image.GetDimension(), itk_image.GetNumberOfComponentsPerPixel()) == (3, 3)
-    assert process.socket_image_path(sockets[0], input_dir=case) == image
-    np.testing.assert_array_equal(process.read_stack(path=image), sample_stack.render_stack(3, seed=2))
+    assert socket_image_path(sockets[0], input_dir=case) == image
+    np.testing.assert_array_equal(read_stack(path=image), sample_stack.render_stack(3, seed=2))
 
 
 def test_committed_sample_cases_are_the_renderers_output(tmp_path):

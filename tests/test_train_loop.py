@@ -39,11 +39,8 @@ def tiny_config(root, **optim):
     return config_from_dict(values)
 
 
-def test_a_killed_fold_resumes_to_the_same_weights(tiny_data, tmp_path, monkeypatch):
-    root, samples, images, split = tiny_data
-    config = tiny_config(root)
-    train_fold(config, samples, images, split, 0, tmp_path / "straight", show_progress=False)
-
+def kill_in_the_second_epoch(train, monkeypatch) -> None:
+    """Run `train()` with the training loop dying in its second epoch, as a killed job does; then restore it."""
     real_epoch, calls = train_module._epoch, []
 
     def dies_in_the_second_epoch(*args, **kwargs):
@@ -54,10 +51,18 @@ def test_a_killed_fold_resumes_to_the_same_weights(tiny_data, tmp_path, monkeypa
 
     monkeypatch.setattr(train_module, "_epoch", dies_in_the_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train_fold(config, samples, images, split, 0, tmp_path / "killed", show_progress=False)
+        train()
+    monkeypatch.setattr(train_module, "_epoch", real_epoch)
+
+
+def test_a_killed_fold_resumes_to_the_same_weights(tiny_data, tmp_path, monkeypatch):
+    root, samples, images, split = tiny_data
+    config = tiny_config(root)
+    train_fold(config, samples, images, split, 0, tmp_path / "straight", show_progress=False)
+    kill_in_the_second_epoch(lambda: train_fold(config, samples, images, split, 0, tmp_path / "killed",
+                                                show_progress=False), monkeypatch)
     assert (tmp_path / "killed" / RESUME_FILE).is_file()
     assert not (tmp_path / "killed" / "model.safetensors").exists()
-    monkeypatch.setattr(train_module, "_epoch", real_epoch)
     summary = train_fold(config, samples, images, split, 0, tmp_path / "killed", show_progress=False)
 
     straight, resumed = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("straight", "killed"))
@@ -91,18 +96,8 @@ def test_resume_refuses_a_changed_config(tiny_data, tmp_path, monkeypatch):
 def test_resume_refuses_another_split(tiny_data, tmp_path, monkeypatch):
     """A fold killed midway and resumed with another split would train on other slides: refused."""
     root, samples, images, split = tiny_data
-    real_epoch, calls = train_module._epoch, []
-
-    def dies_in_the_second_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "_epoch", dies_in_the_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train_fold(tiny_config(root), samples, images, split, 0, tmp_path, show_progress=False)
-    monkeypatch.setattr(train_module, "_epoch", real_epoch)
+    kill_in_the_second_epoch(lambda: train_fold(tiny_config(root), samples, images, split, 0, tmp_path,
+                                                show_progress=False), monkeypatch)
     other = make_split(samples, n_folds=2, seed=3)
     assert other["folds"][0]["val_ids"] != split["folds"][0]["val_ids"]
     with pytest.raises(ValueError, match="another split"):

@@ -26,10 +26,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import crops
+from inference import crops
+from inference.contract import CLASSES, PATCH_SIZE
 
-CLASSES = ("normal", "atypical")
-PATCH_SIZE = 128
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _LABEL_WORDS = {"normal": 0, "nmf": 0, "false": 0, "0": 0, "no": 0,
                 "atypical": 1, "amf": 1, "true": 1, "1": 1, "yes": 1}

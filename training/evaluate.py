@@ -1,8 +1,8 @@
 """Evaluate an exported model as the MIDOG 2025 Track 2 evaluator does, with bootstrapped 95% intervals.
 
-The model runs through ONNX Runtime with process.py's own functions (reading, page fitting,
-batching, thresholding), never through PyTorch, so the numbers are those of the container. Two
-kinds of input:
+The model runs through ONNX Runtime with the container's own functions (the inference package:
+reading, page fitting, batching, thresholding), never through PyTorch, so the numbers are those of
+the container. Two kinds of input:
 
 - a labelled patch set, read by any reader of training.data (patches scored in batches);
 - grand-challenge cases: stack images plus a `ground_truth.json` in the official evaluator's form
@@ -31,7 +31,14 @@ from scipy.stats import bootstrap  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
-import process  # noqa: E402
+from inference.contract import STACK_OUTPUT, STACK_SLUG  # noqa: E402
+from inference.errors import Stopwatch  # noqa: E402
+from inference.images import fit_pages  # noqa: E402
+from inference.model import load_model, predict  # noqa: E402
+from inference.output import write_json  # noqa: E402
+from inference.run import select_handler  # noqa: E402
+from inference.sockets import read_sockets  # noqa: E402
+from inference.stack import stack_entry  # noqa: E402
 from training.data import load_images  # noqa: E402
 from training.splits import fold_fingerprint  # noqa: E402
 
@@ -139,17 +146,17 @@ def _save(figure, path: Path) -> None:
 
 def _write(out_dir: Path, document: dict, labels, probabilities, threshold) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
-    process.write_json(path=out_dir / "metrics.json", payload=document)  # atomic: never half-written
+    write_json(path=out_dir / "metrics.json", payload=document)  # atomic: never half-written
     plot_evaluation(labels, probabilities, document["aggregates"], threshold, out_dir)
     return document
 
 
 def evaluate_patches(model_dir: Path, samples, out_dir: Path, *, domain_key: str | None = None) -> dict:
     """Score a labelled patch set with the exported model; write metrics.json, predictions and plots."""
-    model = process.load_model(model_dir=Path(model_dir))
-    pages = process.fit_pages(load_images(samples), height=model.height, width=model.width)
-    probabilities = process.predict(model, pages).astype(np.float64)
-    entries = [process.stack_entry(float(p), model) for p in probabilities]
+    model = load_model(model_dir=Path(model_dir))
+    pages = fit_pages(load_images(samples), height=model.height, width=model.width)
+    probabilities = predict(model, pages).astype(np.float64)
+    entries = [stack_entry(float(p), model) for p in probabilities]
     labels = np.array([s.label for s in samples])
     domains = [s.domain.get(domain_key, "all") if domain_key else "all" for s in samples]
     out_dir = Path(out_dir)
@@ -189,11 +196,11 @@ def _stack_case(stack: Path, folder: Path) -> Path:
 
     As on the platform, the file carries a UUID name and inputs.json its upload name.
     """
-    images = folder / "images" / process.STACK_SLUG
+    images = folder / "images" / STACK_SLUG
     images.mkdir(parents=True)
     (images / f"{uuid.uuid4()}{stack.suffix}").symlink_to(stack.resolve())
     socket = {"image": {"name": stack.name},
-              "interface": {"slug": process.STACK_SLUG, "relative_path": f"images/{process.STACK_SLUG}"}}
+              "interface": {"slug": STACK_SLUG, "relative_path": f"images/{STACK_SLUG}"}}
     (folder / "inputs.json").write_text(json.dumps([socket]))
     return folder
 
@@ -211,7 +218,7 @@ def read_ground_truth(path: Path) -> list[dict]:
 
 def evaluate_cases(model_dir: Path, stacks_dir: Path, ground_truth: Path, out_dir: Path) -> dict:
     """Run the container's stack handler on every stack of ground_truth.json; evaluate the outputs."""
-    model = process.load_model(model_dir=Path(model_dir))
+    model = load_model(model_dir=Path(model_dir))
     out_dir = Path(out_dir)
     labels, domains, entries = [], [], []
     for case in read_ground_truth(ground_truth):
@@ -220,13 +227,13 @@ def evaluate_cases(model_dir: Path, stacks_dir: Path, ground_truth: Path, out_di
             raise FileNotFoundError(f"{stack}: named by {ground_truth} but not found")
         with tempfile.TemporaryDirectory() as scratch:
             input_dir = _stack_case(stack, Path(scratch))
-            sockets = process.read_sockets(input_dir=input_dir)
-            output = process.select_handler(sockets)(sockets=sockets, input_dir=input_dir, model=model,
-                                                     stopwatch=process.Stopwatch())
-        result = output[process.STACK_OUTPUT]
+            sockets = read_sockets(input_dir=input_dir)
+            output = select_handler(sockets)(sockets=sockets, input_dir=input_dir, model=model,
+                                                     stopwatch=Stopwatch())
+        result = output[STACK_OUTPUT]
         if len(result) != len(case["labels"]):
             raise ValueError(f"{case['image']}: {len(result)} outputs for {len(case['labels'])} labels")
-        process.write_json(path=out_dir / "outputs" / f"{stack.stem}.json", payload=result)
+        write_json(path=out_dir / "outputs" / f"{stack.stem}.json", payload=result)
         labels += [CLASS_IDS[label] for label in case["labels"]]
         domains += case["tumordomains"]
         entries += result

@@ -6,7 +6,6 @@ must pass `onnx.checker`, and ONNX Runtime must agree with PyTorch on real patch
 accuracy on the members' pooled out-of-fold predictions. The format is docs/model-format.md.
 """
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -22,7 +21,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import process
+from inference.errors import InputError
+from inference.model import load_model, sha256_of
 from training.config import ExperimentConfig, config_from_dict
 from training.crossval import oof_metrics, pool_rows
 from training.data import CLASSES, PATCH_SIZE, load_images, read_dataset
@@ -53,10 +53,6 @@ def load_member(fold_dir: Path) -> tuple[torch.nn.Module, dict, ExperimentConfig
     network.load_state_dict(load_file(str(fold_dir / "model.safetensors")), strict=True)
     config = config_from_dict(yaml.safe_load((fold_dir / "config.yaml").read_text()), str(fold_dir / "config.yaml"))
     return network.eval(), args, config
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _parity_patches(samples) -> np.ndarray:
@@ -124,7 +120,7 @@ def _member_info(fold_dir: Path, args: dict) -> dict:
         fold_sha256 = fold_fingerprint(split, fold) if fold != "all" else None
     return {"backbone": args["backbone"], "fold": fold, "fold_sha256": fold_sha256, "split_sha256": split_sha256,
             "mean": args["mean"], "std": args["std"], "crop": args.get("crop"),
-            "checkpoint_sha256": _sha256(fold_dir / "model.safetensors")}
+            "checkpoint_sha256": sha256_of(fold_dir / "model.safetensors")}
 
 
 def oof_for_views(fold_folders, members, samples, views, *, spacing_um=None) -> dict[str, dict]:
@@ -173,7 +169,7 @@ def _model_json(name, onnx_path, threshold, views, members, metrics, training) -
         "format_version": 1,
         "name": name,
         "onnx": onnx_path.name,
-        "onnx_sha256": _sha256(onnx_path),
+        "onnx_sha256": sha256_of(onnx_path),
         "input": {"name": "patches", "dtype": "uint8", "layout": "NHWC",
                   "height": PATCH_SIZE, "width": PATCH_SIZE, "channels": 3},
         "output": {"name": "p_atypical"},
@@ -195,10 +191,10 @@ def _model_json(name, onnx_path, threshold, views, members, metrics, training) -
 
 
 def _check_the_container_accepts(model_dir: Path) -> None:
-    """Load the staged folder with process.py's own loader: a model it would refuse is never written."""
+    """Load the staged folder with the container's own loader: a model it would refuse is never written."""
     try:
-        process.load_model(model_dir=model_dir)
-    except process.InputError as error:
+        load_model(model_dir=model_dir)
+    except InputError as error:
         raise ExportError(f"the container would refuse this model: {error}") from error
 
 
@@ -243,7 +239,7 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
         metrics = {"oof": oof, "oof_views": list(views), "export_parity_max_abs_difference": difference}
         spec = _model_json(name, onnx_path, oof["threshold"], views, member_info, metrics, training)
         spec["precision"] = "float16" if fp16 else "float32"
-        spec["confidence"] = "p_atypical"  # the Track 2 contract; process.py refuses any other value
+        spec["confidence"] = "p_atypical"  # the Track 2 contract; the container refuses any other value
         (staging / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
         _check_the_container_accepts(staging)
         _install(staging, out_dir)

@@ -1,4 +1,4 @@
-"""Synthetic whole region of interest with candidate points: the sample case of process.py's points interface.
+"""Synthetic whole region of interest with candidate points: the sample case of the container's points interface.
 
 The project's second sample case (test/points/input/), drawn procedurally like the first
 (training/sample_stack.py, whose stain model and figures it reuses): a 640x480 H&E-like region at
@@ -19,29 +19,27 @@ import json
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
+from inference.contract import PATCH_SIZE, POINTS_SLUG, RELATIVE_PATHS, ROI_SLUG
 from training.sample_stack import (
     EOSIN_OD,
     HAEMATOXYLIN_OD,
-    PATCH_SIZE,
     box_blur,
     ellipse,
     image_socket,
     platform_file_name,
     render_patch,
     smooth_noise,
+    write_stack,
 )
 
-ROI_SLUG = "histopathology-region-of-interest-cropout"
-ROI_RELATIVE_PATH = "images/histopathology-roi-cropout"
-POINTS_SLUG = "mitotic-figures"
-POINTS_FILE = "mitotic-figures.json"
+ROI_RELATIVE_PATH = RELATIVE_PATHS[ROI_SLUG]
+POINTS_FILE = RELATIVE_PATHS[POINTS_SLUG]
 SAMPLE_NAME = "roi_sample.tiff"
 ROI_WIDTH, ROI_HEIGHT = 640, 480
 SPACING_MM = 0.00025  # 0.25 um/px, as SimpleITK reads the TIFF's 40,000 px/cm
 # (x, y) pixel centre and kind of each figure, in the order of the points file; not whole pixels,
-# so the case exercises the rounding of crops.py too.
+# so the case exercises the rounding of inference/crops.py too.
 FIGURES = (
     (150.3, 110.6, "normal"),
     (330.0, 250.0, "atypical"),
@@ -129,14 +127,8 @@ def render_roi(seed: int = 0) -> np.ndarray:
 
 
 def write_roi(path: Path, image: np.ndarray) -> Path:
-    """One RGB page, Deflate, 0.25 um/px (SimpleITK reads a spacing of 0.00025 mm)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(
-        path, image, photometric="rgb", compression=tifffile.COMPRESSION.ADOBE_DEFLATE, metadata=None,
-        resolution=(40000, 40000), resolutionunit="CENTIMETER",  # 40,000 px/cm = 0.25 um/px
-    )
-    return path
+    """One RGB page, Deflate, 0.25 um/px (SimpleITK reads a spacing of 0.00025 mm), written as the stacks are."""
+    return write_stack(path, image)
 
 
 def points_json() -> dict:

@@ -26,8 +26,8 @@ import numpy as np
 import SimpleITK as sitk
 import tifffile
 
-PATCH_SIZE = 128
-STACK_SLUG = "stacked-histopathology-roi-cropouts"
+from inference.contract import PATCH_SIZE, STACK_SLUG
+
 SAMPLE_NAME = "stack_sample.tiff"  # the name the sample stack is "uploaded" under
 SPACING_MM = 0.00025  # 0.25 um/px
 # layout -> (suffix of the file on disk, whether it is named as uploaded rather than by the platform)
