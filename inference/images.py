@@ -28,7 +28,7 @@ def sitk_reason(error: RuntimeError) -> str:
     return re.sub(r"^\w+\(0x[0-9a-f]+\): ", "", reason)  # "TIFFImageIO(0x55d0...): " says nothing
 
 
-def to_uint8(pages: np.ndarray, *, path: Path) -> np.ndarray:
+def pixels_as_uint8(pages: np.ndarray, *, path: Path) -> np.ndarray:
     """Pixel values as uint8, by the rules in the module docstring."""
     if pages.dtype == np.uint8:
         return pages
@@ -95,7 +95,7 @@ def read_stack(*, path: Path) -> np.ndarray:
     if expected is not None and len(pages) != expected:
         raise InputError(f"damaged image {path}: {len(pages)} pages decoded of the {expected} it holds "
                          "(an answer for fewer pages would fail the whole evaluation)")
-    return to_rgb(to_uint8(pages, path=path), path=path)
+    return to_rgb(pixels_as_uint8(pages, path=path), path=path)
 
 
 def fit_pages(pages: np.ndarray, *, height: int, width: int) -> np.ndarray:
@@ -142,4 +142,4 @@ def read_roi(*, path: Path) -> tuple[np.ndarray, Geometry]:
         raise InputError(f"{path}: its direction matrix {image.GetDirection()} does not span the image plane")
     geometry = Geometry(spacing=np.array(image.GetSpacing()[:2]), origin=np.array(image.GetOrigin()[:2]),
                         direction=direction)
-    return to_rgb(to_uint8(pixels[np.newaxis], path=path), path=path)[0], geometry
+    return to_rgb(pixels_as_uint8(pixels[np.newaxis], path=path), path=path)[0], geometry

@@ -107,11 +107,13 @@ def check_contract(spec: dict[str, Any], *, model_json: Path) -> None:
                          f"P(atypical) whatever the class, so the only value is {CONFIDENCE!r}")
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(*paths: Path) -> str:
+    """Hex sha256 of the files' bytes, one after the other (the project's one file hash; read in 1 MiB blocks)."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    for path in paths:
+        with Path(path).open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 

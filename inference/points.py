@@ -128,7 +128,7 @@ def require_inside(points_mm: list[list[float]], pixels: np.ndarray, *, height: 
                          "with black)")
 
 
-def cut_patches(image: np.ndarray, pixels: np.ndarray, *, geometry: Geometry, model: Model) -> np.ndarray:
+def crop_candidates(image: np.ndarray, pixels: np.ndarray, *, geometry: Geometry, model: Model) -> np.ndarray:
     """One model-sized crop per point, from the image resampled to 0.25 um/px when its spacing is not a 40x one."""
     spacing_um = tuple(float(value) * 1000.0 for value in geometry.spacing)
     resample = crops.needs_resampling(spacing_um)
@@ -156,7 +156,7 @@ def classify_points(*, sockets: list[dict[str, Any]], input_dir: Path, model: Mo
         f"{stopwatch.ms('read')}")
     require_inside(points_mm, pixels, height=image.shape[0], width=image.shape[1])
     with stopwatch.phase("infer"):
-        patches = cut_patches(image, pixels, geometry=geometry, model=model)
+        patches = crop_candidates(image, pixels, geometry=geometry, model=model)
         probabilities = predict(model, patches) if len(patches) else np.zeros(0, np.float32)
     log(f"crop and infer {len(patches)} points in {-(-len(patches) // BATCH_SIZE)} run(s), {stopwatch.ms('infer')}")
     negative, positive = model.classes

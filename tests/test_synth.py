@@ -17,7 +17,9 @@ import training.synth.trainer as trainer_module
 from tests.amibr_fixture import write_amibr
 from training.config import DataConfig, config_from_dict
 from training.data import read_amibr, read_manifest
-from training.synth.cli import add_synth_commands, build_parser, main
+from training.cli import build_parser
+from training.cli import main as training_cli
+from training.synth.cli import add_synth_commands
 from training.synth.config import synth_config_from_dict
 from training.synth.diffusion import create_diffusion
 from training.synth.networks import DIT_VARIANTS, create_dit, create_vae, dit_args
@@ -53,8 +55,8 @@ def workspace(tmp_path_factory):
                                            "tensorboard": False}})
     run_crossval(classifier, base / "real", show_progress=False)
     (base / "tiny.yaml").write_text(yaml.safe_dump(tiny_synth_values(root)))
-    assert main(["all", "--config", str(base / "tiny.yaml"), "--out", str(base / "gen"), "--fold", "0", "1",
-                 "--split", str(base / "real" / "split.json"), "--quiet"]) == 0
+    assert training_cli(["synth", "all", "--config", str(base / "tiny.yaml"), "--out", str(base / "gen"),
+                         "--fold", "0", "1", "--split", str(base / "real" / "split.json"), "--quiet"]) == 0
     return {"base": base, "root": root, "classifier": base / "real", "generator": base / "gen"}
 
 
@@ -208,8 +210,8 @@ def test_sampling_is_seeded_image_by_image_and_resumes_missing_images(workspace,
 
 
 def test_quality_report_compares_with_held_out_patches_and_writes_a_synthetic_only_gallery(workspace, capsys):
-    assert main(["quality", str(workspace["generator"]), "--fold", "0", "--classifier", str(workspace["classifier"]),
-                 "--quiet"]) == 0
+    assert training_cli(["synth", "quality", str(workspace["generator"]), "--fold", "0",
+                         "--classifier", str(workspace["classifier"]), "--quiet"]) == 0
     out_dir = workspace["generator"] / "fold_0" / "quality"
     report = json.loads((out_dir / "quality.json").read_text())
     n_val = len(json.loads((workspace["classifier"] / "split.json").read_text())["folds"][0]["val_ids"])
@@ -249,15 +251,15 @@ def test_synthetic_balanced_crossval_trains_with_the_sampler_output_and_scores_r
 
 def test_errors_name_the_problem(workspace, tmp_path, capsys):
     generator = str(workspace["generator"])
-    assert main(["sample", generator, "--fold", "7", "--balance", "--quiet"]) == 1
+    assert training_cli(["synth", "sample", generator, "--fold", "7", "--balance", "--quiet"]) == 1
     assert "fold 7 is not in the split" in capsys.readouterr().err
-    assert main(["sample", generator, "--fold", "0", "--class", "mitotic", "--n", "2", "--quiet"]) == 1
+    assert training_cli(["synth", "sample", generator, "--fold", "0", "--class", "mitotic", "--n", "2", "--quiet"]) == 1
     assert "unknown class 'mitotic'" in capsys.readouterr().err
-    assert main(["sample", str(tmp_path), "--fold", "0", "--balance"]) == 1
+    assert training_cli(["synth", "sample", str(tmp_path), "--fold", "0", "--balance"]) == 1
     assert "not a generator run folder" in capsys.readouterr().err
     open_run(synth_config_from_dict(tiny_synth_values(workspace["root"])), tmp_path / "fresh",
                      workspace["classifier"] / "split.json")
-    assert main(["sample", str(tmp_path / "fresh"), "--fold", "0", "--balance", "--quiet"]) == 1
+    assert training_cli(["synth", "sample", str(tmp_path / "fresh"), "--fold", "0", "--balance", "--quiet"]) == 1
     assert "no finished finetune stage" in capsys.readouterr().err
     other = synth_config_from_dict({**tiny_synth_values(workspace["root"]), "seed": 1})
     with pytest.raises(ValueError, match="holds another config"):
@@ -273,7 +275,7 @@ def test_every_step_explains_its_options_and_hooks_into_the_training_cli(capsys)
 
     for step in ("train-vae", "pretrain", "finetune", "sample", "quality", "all"):
         with pytest.raises(SystemExit):
-            build_parser().parse_args([step, "--help"])
+            build_parser().parse_args(["synth", step, "--help"])
         assert "--fold" in capsys.readouterr().out
     parser = argparse.ArgumentParser(prog="python -m training")
     add_synth_commands(parser.add_subparsers(dest="command", required=True))

@@ -14,23 +14,16 @@ from training.models import BACKBONES
 from training.synth.cli import add_synth_commands
 
 
-def _config_with_overrides(args):
-    from training.config import load_config
+# command-line option -> the config field it overrides (options a command lacks are skipped)
+CONFIG_OVERRIDES = {"data_kind": "data.kind", "data_root": "data.root", "weights": "weights", "backbone": "backbone",
+                    "epochs": "optim.epochs", "device": "optim.device"}
 
-    config = load_config(args.config)
-    if getattr(args, "data_kind", None):
-        config.data = dataclasses.replace(config.data, kind=args.data_kind)
-    if args.data_root:
-        config.data = dataclasses.replace(config.data, root=args.data_root)
-    if getattr(args, "weights", None):
-        config.weights = args.weights
-    if getattr(args, "backbone", None):
-        config.backbone = args.backbone
-    if getattr(args, "epochs", None):
-        config.optim = dataclasses.replace(config.optim, epochs=args.epochs)
-    if getattr(args, "device", None):
-        config.optim = dataclasses.replace(config.optim, device=args.device)
-    return config
+
+def _config_with_overrides(args):
+    from training.config import load_config, with_overrides
+
+    return with_overrides(load_config(args.config),
+                          {field: getattr(args, option, None) for option, field in CONFIG_OVERRIDES.items()})
 
 
 def split_entry(args) -> int:
@@ -118,15 +111,11 @@ def evaluate_entry(args) -> int:
 
 
 def study_entry(args) -> int:
-    from training.config import load_config
+    from training.config import load_config, with_overrides
     from training.study import run_study
 
-    configs = [load_config(name) for name in args.configs]
-    for config in configs:
-        if args.data_root:
-            config.data = dataclasses.replace(config.data, root=args.data_root)
-        if args.epochs:
-            config.optim = dataclasses.replace(config.optim, epochs=args.epochs)
+    configs = [with_overrides(load_config(name), {"data.root": args.data_root, "optim.epochs": args.epochs})
+               for name in args.configs]
     results = run_study(configs, args.out, leave_out=args.leave_out, folds=args.folds,
                         prepare_synthetic=_synthetic_preparer(args), show_progress=not args.quiet)
     for name, difference in results["differences"].items():
@@ -141,6 +130,7 @@ def _synthetic_preparer(args):
     """For a study: train (or finish) one generator per fold of the study's split, then point the config at it."""
 
     def prepare(config, split, split_dir):
+        from training.config import with_overrides
         from training.synth.config import load_synth_config
         from training.synth.pipeline import run_fold
         from training.synth.run import open_run
@@ -148,7 +138,7 @@ def _synthetic_preparer(args):
         from training.train import select_device, set_threads
 
         synth_config = load_synth_config(args.synth_config)
-        synth_config.data = dataclasses.replace(synth_config.data, kind=config.data.kind, root=config.data.root)
+        synth_config = with_overrides(synth_config, {"data.kind": config.data.kind, "data.root": config.data.root})
         run = open_run(synth_config, split_dir / "synth" / synth_config.name, split_dir / "split.json")
         set_threads(synth_config.threads)
         device = select_device(synth_config.device)

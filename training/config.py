@@ -113,6 +113,20 @@ def build_dataclass(cls, values: dict, where: str):
     return cls(**kwargs)
 
 
+def with_overrides(config, overrides: dict):
+    """A copy of dataclass `config` with dotted fields replaced (`{"data.root": ..., "optim.epochs": ...}`).
+
+    None means "not given" and changes nothing, so command-line options pass straight through.
+    """
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        head, _, rest = dotted.partition(".")
+        inner = with_overrides(getattr(config, head), {rest: value}) if rest else value
+        config = dataclasses.replace(config, **{head: inner})
+    return config
+
+
 def config_from_dict(values: dict, where: str = "config") -> ExperimentConfig:
     """An ExperimentConfig from plain data (as read from YAML)."""
     return build_dataclass(ExperimentConfig, values, where)

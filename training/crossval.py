@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from scipy.special import expit
 
 from training.config import ExperimentConfig, save_config
 from training.data import labels_of, load_images, read_dataset, read_manifest
@@ -153,7 +154,7 @@ def pool_rows(rows_by_folder: list[tuple[Path, list[dict]]]) -> dict[str, dict]:
     pooled = {}
     for sample_id, rows in by_sample.items():
         score = float(np.mean([r["score"] for r in rows]))
-        pooled[sample_id] = {**rows[0], "score": score, "probability": 1 / (1 + np.exp(-score))}
+        pooled[sample_id] = {**rows[0], "score": score, "probability": float(expit(score))}
     return pooled
 
 

@@ -21,53 +21,39 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from grand_challenge_metrics.roc import get_bootstrapped_roc_ci_curves
+from matplotlib.figure import Figure
+from scipy.stats import bootstrap
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import roc_curve
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
-import numpy as np  # noqa: E402
-from grand_challenge_metrics.roc import get_bootstrapped_roc_ci_curves  # noqa: E402
-from scipy.stats import bootstrap  # noqa: E402
-from sklearn.calibration import calibration_curve  # noqa: E402
-from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
-
-from inference.contract import STACK_OUTPUT, STACK_SLUG  # noqa: E402
-from inference.errors import Stopwatch  # noqa: E402
-from inference.images import fit_pages  # noqa: E402
-from inference.model import load_model, predict  # noqa: E402
-from inference.output import write_json  # noqa: E402
-from inference.run import select_handler  # noqa: E402
-from inference.sockets import read_sockets  # noqa: E402
-from inference.stack import stack_entry  # noqa: E402
-from training.data import load_images  # noqa: E402
-from training.splits import fold_fingerprint  # noqa: E402
+from inference.contract import STACK_OUTPUT, STACK_SLUG
+from inference.errors import Stopwatch
+from inference.images import fit_pages
+from inference.model import load_model, predict
+from inference.output import write_json
+from inference.run import select_handler
+from inference.sockets import read_sockets
+from inference.stack import stack_entry
+from training.data import load_images
+from training.metrics import class_rates, roc_auc
+from training.splits import fold_fingerprint
 
 CLASS_IDS = {"normal": 0, "atypical": 1}
 BOOTSTRAP_RESAMPLES = 2000
 
 
-def _rates(labels, predicted) -> dict:
-    labels, predicted = np.asarray(labels), np.asarray(predicted)
-    sensitivity = float(np.mean(predicted[labels == 1] == 1)) if (labels == 1).any() else float("nan")
-    specificity = float(np.mean(predicted[labels == 0] == 0)) if (labels == 0).any() else float("nan")
-    return {"sensitivity": sensitivity, "specificity": specificity,
-            "balanced_accuracy": (sensitivity + specificity) / 2, "accuracy": float(np.mean(labels == predicted))}
-
-
-def _auc(labels, scores) -> float:
-    return float(roc_auc_score(labels, scores)) if 0 < np.sum(labels) < len(labels) else float("nan")
-
-
 def evaluator_aggregates(labels, predicted, scores, domains) -> dict:
     """The official evaluator's `aggregates`: pooled metrics, then one entry per tumour domain."""
     labels, predicted, scores, domains = map(np.asarray, (labels, predicted, scores, domains))
-    overall = _rates(labels, predicted)
+    overall = class_rates(labels, predicted)
     aggregates = {f"overall_{key}": value for key, value in overall.items()}
-    aggregates["overall_roc_auc"] = _auc(labels, scores)
+    aggregates["overall_roc_auc"] = roc_auc(labels, scores)
     for domain in np.unique(domains):
         inside = domains == domain
-        aggregates[f"domain_{domain}"] = {**_rates(labels[inside], predicted[inside]),
-                                          "roc_auc": _auc(labels[inside], scores[inside]), "n": int(inside.sum())}
+        aggregates[f"domain_{domain}"] = {**class_rates(labels[inside], predicted[inside]),
+                                          "roc_auc": roc_auc(labels[inside], scores[inside]), "n": int(inside.sum())}
     return aggregates
 
 
@@ -75,11 +61,11 @@ def bootstrap_intervals(labels, predicted, scores, *, resamples: int = BOOTSTRAP
     """Percentile 95% intervals over pages for balanced accuracy, sensitivity, specificity, accuracy, ROC AUC."""
     labels, predicted, scores = (np.asarray(a, dtype=float) for a in (labels, predicted, scores))
     statistics = {
-        "balanced_accuracy": lambda y, p, s: _rates(y, p)["balanced_accuracy"],
-        "sensitivity": lambda y, p, s: _rates(y, p)["sensitivity"],
-        "specificity": lambda y, p, s: _rates(y, p)["specificity"],
-        "accuracy": lambda y, p, s: _rates(y, p)["accuracy"],
-        "roc_auc": lambda y, p, s: _auc(y, s),
+        "balanced_accuracy": lambda y, p, s: class_rates(y, p)["balanced_accuracy"],
+        "sensitivity": lambda y, p, s: class_rates(y, p)["sensitivity"],
+        "specificity": lambda y, p, s: class_rates(y, p)["specificity"],
+        "accuracy": lambda y, p, s: class_rates(y, p)["accuracy"],
+        "roc_auc": lambda y, p, s: roc_auc(y, s),
     }
     intervals = {}
     for name, statistic in statistics.items():
@@ -106,7 +92,8 @@ def metrics_document(labels, entries: list[dict], probabilities, domains, model)
 def plot_evaluation(labels, probabilities, aggregates: dict, threshold: float, out_dir: Path) -> None:
     """roc.png (with a bootstrapped 95% band), reliability.png, per_domain.png."""
     labels, probabilities = np.asarray(labels), np.asarray(probabilities)
-    figure, axes = plt.subplots(figsize=(5, 5))
+    figure = Figure(figsize=(5, 5))
+    axes = figure.subplots()
     band = get_bootstrapped_roc_ci_curves(probabilities, labels, num_bootstraps=200)
     axes.fill_between(band.fpr_vals, band.low_tpr_vals, band.high_tpr_vals, alpha=0.25, label="95% band (bootstrap)")
     fpr, tpr, _ = roc_curve(labels, probabilities)
@@ -118,7 +105,8 @@ def plot_evaluation(labels, probabilities, aggregates: dict, threshold: float, o
     axes.legend(loc="lower right", fontsize=8)
     _save(figure, out_dir / "roc.png")
 
-    figure, axes = plt.subplots(figsize=(5, 5))
+    figure = Figure(figsize=(5, 5))
+    axes = figure.subplots()
     observed, predicted = calibration_curve(labels, probabilities, n_bins=10, strategy="quantile")
     axes.plot(predicted, observed, "o-", label="model")
     axes.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
@@ -128,7 +116,8 @@ def plot_evaluation(labels, probabilities, aggregates: dict, threshold: float, o
     _save(figure, out_dir / "reliability.png")
 
     domains = {k.removeprefix("domain_"): v for k, v in aggregates.items() if k.startswith("domain_")}
-    figure, axes = plt.subplots(figsize=(max(4, 1.2 * len(domains) + 2), 3.5))
+    figure = Figure(figsize=(max(4, 1.2 * len(domains) + 2), 3.5))
+    axes = figure.subplots()
     x = np.arange(len(domains))
     for offset, metric in ((-0.2, "balanced_accuracy"), (0.2, "roc_auc")):
         axes.bar(x + offset, [d[metric] for d in domains.values()], width=0.4, label=metric.replace("_", " "))
@@ -141,7 +130,6 @@ def plot_evaluation(labels, probabilities, aggregates: dict, threshold: float, o
 def _save(figure, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def _write(out_dir: Path, document: dict, labels, probabilities, threshold) -> dict:

@@ -6,27 +6,30 @@ confidences (P(atypical)), with scikit-learn.
 """
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score, roc_curve
+
+
+def class_rates(labels, predicted) -> dict:
+    """Sensitivity, specificity, their mean (balanced accuracy) and accuracy of predicted classes (1 = atypical)."""
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    sensitivity = float(np.mean(predicted[labels == 1] == 1)) if (labels == 1).any() else float("nan")
+    specificity = float(np.mean(predicted[labels == 0] == 0)) if (labels == 0).any() else float("nan")
+    return {"balanced_accuracy": (sensitivity + specificity) / 2, "sensitivity": sensitivity,
+            "specificity": specificity, "accuracy": float(np.mean(labels == predicted))}
+
+
+def roc_auc(labels, scores) -> float:
+    """ROC AUC of scores for P(atypical); NaN when only one class is present."""
+    labels = np.asarray(labels)
+    return float(roc_auc_score(labels, scores)) if 0 < np.sum(labels) < len(labels) else float("nan")
 
 
 def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
     """Balanced accuracy, sensitivity, specificity, accuracy and ROC AUC at `threshold` (p >= t is atypical)."""
     labels = np.asarray(labels).astype(int)
     predicted = (np.asarray(probabilities) >= threshold).astype(int)
-    tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
-    sensitivity = tp / (tp + fn) if tp + fn else float("nan")
-    specificity = tn / (tn + fp) if tn + fp else float("nan")
-    both_classes = 0 < labels.sum() < len(labels)
-    return {
-        "n": int(len(labels)),
-        "n_atypical": int(labels.sum()),
-        "threshold": float(threshold),
-        "balanced_accuracy": float((sensitivity + specificity) / 2),
-        "sensitivity": float(sensitivity),
-        "specificity": float(specificity),
-        "accuracy": float((tp + tn) / len(labels)),
-        "roc_auc": float(roc_auc_score(labels, probabilities)) if both_classes else float("nan"),
-    }
+    return {"n": int(len(labels)), "n_atypical": int(labels.sum()), "threshold": float(threshold),
+            **class_rates(labels, predicted), "roc_auc": roc_auc(labels, probabilities)}
 
 
 def best_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:

@@ -8,14 +8,12 @@ import csv
 import json
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from scipy.special import expit
+from sklearn.metrics import roc_curve
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
-import numpy as np  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
-
-from training.train import read_oof  # noqa: E402
+from training.train import read_oof
 
 
 def _fmt(value: float) -> str:
@@ -24,7 +22,8 @@ def _fmt(value: float) -> str:
 
 def plot_roc(oof_rows: list[dict], threshold: float, path: Path) -> None:
     """Pooled and per-fold ROC curves of the out-of-fold predictions, with the chosen operating point."""
-    figure, axes = plt.subplots(figsize=(5, 5))
+    figure = Figure(figsize=(5, 5))
+    axes = figure.subplots()
     labels = np.array([r["label"] for r in oof_rows])
     scores = np.array([r["score"] for r in oof_rows])
     folds = np.array([str(r["fold"]) for r in oof_rows])
@@ -35,7 +34,7 @@ def plot_roc(oof_rows: list[dict], threshold: float, path: Path) -> None:
             axes.plot(fpr, tpr, lw=0.8, alpha=0.5, label=f"fold {fold}")
     fpr, tpr, _ = roc_curve(labels, scores)
     axes.plot(fpr, tpr, color="black", lw=2, label="pooled")
-    predicted = 1 / (1 + np.exp(-scores)) >= threshold
+    predicted = expit(scores) >= threshold
     axes.plot(np.mean(predicted[labels == 0]), np.mean(predicted[labels == 1]), "o", color="crimson",
               label=f"threshold {threshold:.3f}")
     axes.plot([0, 1], [0, 1], ":", color="grey")
@@ -43,13 +42,13 @@ def plot_roc(oof_rows: list[dict], threshold: float, path: Path) -> None:
     axes.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def plot_per_domain(per_domain: dict, path: Path) -> None:
     """Balanced accuracy and ROC AUC per domain value, one panel per domain key."""
     keys = list(per_domain)
-    figure, panels = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
+    figure = Figure(figsize=(4 * len(keys), 3.5))
+    panels = figure.subplots(1, len(keys), squeeze=False)
     for axes, key in zip(panels[0], keys):
         values = list(per_domain[key])
         x = np.arange(len(values))
@@ -61,12 +60,12 @@ def plot_per_domain(per_domain: dict, path: Path) -> None:
     panels[0][0].legend(fontsize=8, loc="lower left")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def plot_learning_curves(fold_folders: list[Path], path: Path) -> None:
     """Training loss and validation ROC AUC per epoch, one line per fold."""
-    figure, (loss_axes, auc_axes) = plt.subplots(1, 2, figsize=(9, 3.5))
+    figure = Figure(figsize=(9, 3.5))
+    loss_axes, auc_axes = figure.subplots(1, 2)
     for folder in fold_folders:
         with (folder / "metrics.csv").open(newline="") as handle:
             rows = list(csv.DictReader(handle))
@@ -79,7 +78,6 @@ def plot_learning_curves(fold_folders: list[Path], path: Path) -> None:
     auc_axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def _metrics_table(rows: list[tuple[str, dict]]) -> list[str]:

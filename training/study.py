@@ -19,19 +19,16 @@ import dataclasses
 import json
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from scipy import stats
+from sklearn.metrics import roc_auc_score
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
-import numpy as np  # noqa: E402
-from scipy import stats  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
-
-from training.config import ExperimentConfig  # noqa: E402
-from training.crossval import fold_dirs, pooled_oof, run_crossval  # noqa: E402
-from training.data import read_dataset  # noqa: E402
-from training.metrics import best_threshold, binary_metrics  # noqa: E402
-from training.splits import make_domain_split, save_split, split_for  # noqa: E402
+from training.config import ExperimentConfig
+from training.crossval import fold_dirs, pooled_oof, run_crossval
+from training.data import read_dataset
+from training.metrics import best_threshold, binary_metrics
+from training.splits import make_domain_split, save_split, split_for
 
 BOOTSTRAP_RESAMPLES = 2000
 
@@ -244,7 +241,8 @@ def _domain_lines(results: dict, leave_out: str | None) -> list[str]:
 def plot_study(results: dict, study_dir: Path) -> None:
     """study_folds.png (per-fold metrics per config) and study_differences.png (paired differences)."""
     names = list(results["runs"])
-    figure, panels = plt.subplots(1, 2, figsize=(9, 3.5))
+    figure = Figure(figsize=(9, 3.5))
+    panels = figure.subplots(1, 2)
     for axes, metric in zip(panels, ("roc_auc", "balanced_accuracy")):
         for x, name in enumerate(names):
             values = [m[metric] for m in results["runs"][name]["per_fold"].values()]
@@ -256,7 +254,8 @@ def plot_study(results: dict, study_dir: Path) -> None:
     _save(figure, study_dir / "study_folds.png")
     if not results["differences"]:
         return
-    figure, axes = plt.subplots(figsize=(8, 1.5 + 0.6 * len(results["differences"]) * 2))
+    figure = Figure(figsize=(8, 1.5 + 0.6 * len(results["differences"]) * 2))
+    axes = figure.subplots()
     rows = [(f"{name}: {metric.replace('_', ' ')}", d) for name, diff in results["differences"].items()
             for metric, d in diff.items()]
     for y, (label, d) in enumerate(rows):
@@ -272,7 +271,6 @@ def plot_study(results: dict, study_dir: Path) -> None:
 def _save(figure, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def write_study_report(study_dir: Path, names: list[str], leave_out: str | None) -> dict:

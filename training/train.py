@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from safetensors.torch import save_file
+from scipy.special import expit
 from torch import nn
 from tqdm import tqdm
 
@@ -277,7 +278,7 @@ def _validate(trainer, data: _FoldData, row: dict) -> float:
         return float("nan")
     scores = predict_scores(trainer.evaluated, trainer.preprocess, data.patches[data.val_index],
                             trainer.config.tta_views, trainer.device)
-    metrics = binary_metrics(data.labels[data.val_index].numpy(), 1 / (1 + np.exp(-scores.astype(np.float64))), 0.5)
+    metrics = binary_metrics(data.labels[data.val_index].numpy(), expit(scores.astype(np.float64)), 0.5)
     row.update(val_roc_auc=metrics["roc_auc"], val_balanced_accuracy_at_0_5=metrics["balanced_accuracy"])
     return metrics["roc_auc"]
 
@@ -402,7 +403,7 @@ def _write_oof(trainer, samples, data: _FoldData, fold, out_dir) -> dict:
     val_index = data.val_index
     scores = predict_scores(trainer.evaluated, trainer.preprocess, data.patches[val_index],
                             trainer.config.tta_views, trainer.device)
-    probabilities = 1 / (1 + np.exp(-scores.astype(np.float64)))
+    probabilities = expit(scores.astype(np.float64))
     rows = [(samples[i].sample_id, samples[i].slide, samples[i].label, fold, float(s), float(p))
             for i, s, p in zip(val_index, scores, probabilities)]
     _write_rows(out_dir / "oof_predictions.csv", OOF_COLUMNS, rows)

@@ -1,4 +1,4 @@
-"""Command line of the generator: `python -m training synth <step> --help` (or `python -m training.synth`).
+"""Command line of the generator, the `synth` command of `python -m training`: `python -m training synth <step> --help`.
 
 Steps, per fold: `train-vae`, `pretrain`, `finetune` (training, resumable), `sample` (a class, or the
 balance set that synthetic-balanced training reads), `quality` (figures against held-out real
@@ -6,8 +6,6 @@ patches), and `all` (every step for a list of folds, skipping what is finished).
 `*_entry(args)` function that parses its arguments into a call of the library.
 """
 
-import argparse
-import dataclasses
 from pathlib import Path
 
 from training.synth.networks import DIT_VARIANTS
@@ -26,16 +24,12 @@ def _device(config, override):
 
 def _open(args):
     """The run folder for a training step, opened with the config and its command-line overrides."""
+    from training.config import with_overrides
     from training.synth.config import load_synth_config
     from training.synth.run import open_run
 
-    config = load_synth_config(args.config)
-    if args.data_kind:
-        config.data = dataclasses.replace(config.data, kind=args.data_kind)
-    if args.data_root:
-        config.data = dataclasses.replace(config.data, root=args.data_root)
-    if args.vae:
-        config.vae = dataclasses.replace(config.vae, pretrained=args.vae)
+    config = with_overrides(load_synth_config(args.config),
+                            {"data.kind": args.data_kind, "data.root": args.data_root, "vae.pretrained": args.vae})
     run = open_run(config, args.out or Path("runs") / "synth" / config.name, args.split)
     return run, _device(run.config, args.device)
 
@@ -240,15 +234,3 @@ def add_synth_commands(subparsers) -> None:
     synth = subparsers.add_parser("synth", help="synthetic atypical figures: a per-fold class-conditional latent DiT",
                                   description=DESCRIPTION)
     add_synth_steps(synth.add_subparsers(dest="synth_step", required=True, metavar="STEP"))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.synth", description=DESCRIPTION)
-    add_synth_steps(parser.add_subparsers(dest="synth_step", required=True, metavar="STEP"))
-    return parser
-
-
-def main(argv=None) -> int:
-    from training.cli import run_command  # here, not at the top: training.cli imports this module
-
-    return run_command(build_parser(), argv)

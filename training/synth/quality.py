@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
+from scipy.special import expit
 
 from training.data import CLASSES, load_images, read_manifest
 from training.splits import fold_fingerprint, load_split
@@ -63,7 +65,7 @@ def judge_patches(judge: dict, patches: np.ndarray, device: torch.device, batch_
         images = preprocess(tensor[start:start + batch_size].to(device))
         features.append(network.forward_head(network.forward_features(images), pre_logits=True).float().cpu())
     scores = predict_scores(network, preprocess, tensor, judge["views"], device)
-    return torch.cat(features).numpy().astype(np.float64), 1 / (1 + np.exp(-scores.astype(np.float64)))
+    return torch.cat(features).numpy().astype(np.float64), expit(scores.astype(np.float64))
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -198,14 +200,10 @@ def quality_markdown(report: dict) -> str:
 
 def write_gallery(sets: list, path: Path, columns: int = 8, rows_per_set: int = 1) -> None:
     """A grid PNG: `rows_per_set` rows of `columns` patches per (title, uint8 (N, H, W, 3)) set."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n_rows = len(sets) * rows_per_set
     gap = 4  # white pixels between patches
-    figure, axes = plt.subplots(n_rows, 1, figsize=(columns * 1.1 + 1.4, n_rows * 1.15), squeeze=False)
+    figure = Figure(figsize=(columns * 1.1 + 1.4, n_rows * 1.15))
+    axes = figure.subplots(n_rows, 1, squeeze=False)
     for index, (title, patches) in enumerate(sets):
         height, width = patches.shape[1:3]
         for row in range(rows_per_set):
@@ -219,4 +217,3 @@ def write_gallery(sets: list, path: Path, columns: int = 8, rows_per_set: int = 
             axis.set_ylabel(title if row == 0 else "", rotation=0, ha="right", va="center", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)

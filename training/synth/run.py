@@ -10,7 +10,6 @@ Layout (`runs/synth/<name>/` by default):
 A run folder holds one config: opening it with another is refused, so its folds stay comparable.
 """
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,9 +75,3 @@ def load_run(root: Path) -> GeneratorRun:
                                     f"train one with `synth train-vae`/`synth all` first")
     config = synth_config_from_dict(yaml.safe_load((root / "config.yaml").read_text()), str(root / "config.yaml"))
     return GeneratorRun(config=config, root=root, split=load_split(root / "split.json"))
-
-
-def stage_summary(run: GeneratorRun, fold, stage: str) -> dict | None:
-    """A finished stage's summary.json, or None."""
-    path = run.fold_dir(fold) / stage / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None

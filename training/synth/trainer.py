@@ -18,7 +18,6 @@ saved. DiT weights are safetensors (`model.safetensors` raw, `ema.safetensors` a
 
 import copy
 import csv
-import hashlib
 import json
 import time
 from contextlib import nullcontext
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from inference.model import sha256_of
 from training.augment import dihedral
 from training.data import load_images
 from training.ensemble import VIEWS
@@ -302,12 +302,8 @@ def encode_latents(codec: LatentCodec, samples: list, views, image_size: int, de
 
 def _vae_fingerprint(folder: Path) -> str:
     """sha256 of a VAE folder's config and weight files: a retrained VAE never reuses stale latents."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).iterdir() if p.name == "config.json" or p.suffix in (".safetensors", ".bin")):
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return sha256_of(*sorted(p for p in Path(folder).iterdir()
+                             if p.name == "config.json" or p.suffix in (".safetensors", ".bin")))
 
 
 def _cached_latents(codec, fold_dir: Path, samples: list, config: SynthConfig, device, show_progress):
