@@ -9,8 +9,8 @@ from tests.amibr_fixture import write_amibr
 from tests.conftest import write_image
 from tests.fake_model import fake_probability, write_fake_model
 from training.cli import main as training_cli
-from training.evaluate import bootstrap_intervals, evaluator_aggregates
 from training.splits import fold_fingerprint
+from training.statistics import bootstrap_intervals, evaluator_aggregates
 
 OFFICIAL_KEYS = {"overall_sensitivity", "overall_specificity", "overall_balanced_accuracy", "overall_roc_auc",
                  "overall_accuracy"}

@@ -8,7 +8,7 @@ import yaml
 
 from tests.amibr_fixture import write_amibr
 from training.cli import main as training_cli
-from training.study import compare, per_fold_metrics, t_interval, verdict
+from training.statistics import compare, per_fold_metrics, t_interval, verdict
 
 
 def table(labels, probabilities, folds):

@@ -13,7 +13,8 @@ Metrics follow the official evaluation container: sensitivity, specificity (from
 balanced accuracy, accuracy and ROC AUC (from P(atypical)) pooled over all pages, and the same per
 tumour domain, under its key names (`overall_balanced_accuracy`, `domain_<d>`, ...). Intervals are
 percentile bootstraps over pages (scipy.stats.bootstrap, paired); the ROC band comes from
-grand-challenge-metrics (`get_bootstrapped_roc_ci_curves`).
+grand-challenge-metrics (`get_bootstrapped_roc_ci_curves`). The numbers are training.statistics',
+the figures training.plots'; this module runs the model and writes the files.
 """
 
 import json
@@ -22,11 +23,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from grand_challenge_metrics.roc import get_bootstrapped_roc_ci_curves
-from matplotlib.figure import Figure
-from scipy.stats import bootstrap
-from sklearn.calibration import calibration_curve
-from sklearn.metrics import roc_curve
 
 from inference.contract import STACK_OUTPUT, STACK_SLUG
 from inference.errors import Stopwatch
@@ -37,45 +33,11 @@ from inference.run import select_handler
 from inference.sockets import read_sockets
 from inference.stack import stack_entry
 from training.data import load_images
-from training.metrics import class_rates, roc_auc
+from training.plots import plot_evaluation
 from training.splits import fold_fingerprint
+from training.statistics import bootstrap_intervals, evaluator_aggregates
 
 CLASS_IDS = {"normal": 0, "atypical": 1}
-BOOTSTRAP_RESAMPLES = 2000
-
-
-def evaluator_aggregates(labels, predicted, scores, domains) -> dict:
-    """The official evaluator's `aggregates`: pooled metrics, then one entry per tumour domain."""
-    labels, predicted, scores, domains = map(np.asarray, (labels, predicted, scores, domains))
-    overall = class_rates(labels, predicted)
-    aggregates = {f"overall_{key}": value for key, value in overall.items()}
-    aggregates["overall_roc_auc"] = roc_auc(labels, scores)
-    for domain in np.unique(domains):
-        inside = domains == domain
-        aggregates[f"domain_{domain}"] = {**class_rates(labels[inside], predicted[inside]),
-                                          "roc_auc": roc_auc(labels[inside], scores[inside]), "n": int(inside.sum())}
-    return aggregates
-
-
-def bootstrap_intervals(labels, predicted, scores, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
-    """Percentile 95% intervals over pages for balanced accuracy, sensitivity, specificity, accuracy, ROC AUC."""
-    labels, predicted, scores = (np.asarray(a, dtype=float) for a in (labels, predicted, scores))
-    statistics = {
-        "balanced_accuracy": lambda y, p, s: class_rates(y, p)["balanced_accuracy"],
-        "sensitivity": lambda y, p, s: class_rates(y, p)["sensitivity"],
-        "specificity": lambda y, p, s: class_rates(y, p)["specificity"],
-        "accuracy": lambda y, p, s: class_rates(y, p)["accuracy"],
-        "roc_auc": lambda y, p, s: roc_auc(y, s),
-    }
-    intervals = {}
-    for name, statistic in statistics.items():
-        result = bootstrap((labels, predicted, scores), statistic, paired=True, vectorized=False,
-                           n_resamples=resamples, method="percentile", rng=np.random.default_rng(seed))
-        low, high = result.confidence_interval
-        intervals[name] = [float(low), float(high)]
-    return intervals
-
-
 def metrics_document(labels, entries: list[dict], probabilities, domains, model) -> dict:
     """metrics.json: the evaluator's aggregates from the outputs, intervals, and how the outputs were read."""
     predicted = np.array([CLASS_IDS[e["class"]] for e in entries])
@@ -87,49 +49,6 @@ def metrics_document(labels, entries: list[dict], probabilities, domains, model)
         "confidence_intervals_95": bootstrap_intervals(labels, predicted, probabilities),
     }
     return document
-
-
-def plot_evaluation(labels, probabilities, aggregates: dict, threshold: float, out_dir: Path) -> None:
-    """roc.png (with a bootstrapped 95% band), reliability.png, per_domain.png."""
-    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
-    figure = Figure(figsize=(5, 5))
-    axes = figure.subplots()
-    band = get_bootstrapped_roc_ci_curves(probabilities, labels, num_bootstraps=200)
-    axes.fill_between(band.fpr_vals, band.low_tpr_vals, band.high_tpr_vals, alpha=0.25, label="95% band (bootstrap)")
-    fpr, tpr, _ = roc_curve(labels, probabilities)
-    axes.plot(fpr, tpr, color="black", label=f"ROC AUC {aggregates['overall_roc_auc']:.3f}")
-    axes.plot(1 - aggregates["overall_specificity"], aggregates["overall_sensitivity"], "o", color="crimson",
-              label=f"threshold {threshold:.3f}")
-    axes.plot([0, 1], [0, 1], ":", color="grey")
-    axes.set(xlabel="1 - specificity", ylabel="sensitivity (atypical)", aspect="equal", title="ROC")
-    axes.legend(loc="lower right", fontsize=8)
-    _save(figure, out_dir / "roc.png")
-
-    figure = Figure(figsize=(5, 5))
-    axes = figure.subplots()
-    observed, predicted = calibration_curve(labels, probabilities, n_bins=10, strategy="quantile")
-    axes.plot(predicted, observed, "o-", label="model")
-    axes.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
-    axes.set(xlabel="predicted P(atypical), per decile", ylabel="observed share atypical", aspect="equal",
-             title="Reliability")
-    axes.legend(loc="upper left", fontsize=8)
-    _save(figure, out_dir / "reliability.png")
-
-    domains = {k.removeprefix("domain_"): v for k, v in aggregates.items() if k.startswith("domain_")}
-    figure = Figure(figsize=(max(4, 1.2 * len(domains) + 2), 3.5))
-    axes = figure.subplots()
-    x = np.arange(len(domains))
-    for offset, metric in ((-0.2, "balanced_accuracy"), (0.2, "roc_auc")):
-        axes.bar(x + offset, [d[metric] for d in domains.values()], width=0.4, label=metric.replace("_", " "))
-    axes.set_xticks(x, [f"{name}\n(n={d['n']})" for name, d in domains.items()], fontsize=8)
-    axes.set(ylim=(0, 1), title="Per domain")
-    axes.legend(fontsize=8, loc="lower left")
-    _save(figure, out_dir / "per_domain.png")
-
-
-def _save(figure, path: Path) -> None:
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
 
 
 def _write(out_dir: Path, document: dict, labels, probabilities, threshold) -> dict:

@@ -1,83 +1,22 @@
-"""A run's results as something to read and look at: results.md, ROC, per-domain and learning-curve plots.
+"""Reports as Markdown: a run's results.md (with its plots) and a study's study.md.
 
-Everything here is computed from the run folder alone (results.json, oof_predictions.csv and each
-fold's metrics.csv), so a report can be rebuilt at any time with `python -m training report RUN`.
+A run's report is computed from the run folder alone (results.json, oof_predictions.csv and each
+fold's metrics.csv), so it can be rebuilt at any time with `python -m training report RUN`; a
+study's from the numbers training.study gathers. The figures are drawn by training.plots.
 """
 
-import csv
 import json
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
-from scipy.special import expit
-from sklearn.metrics import roc_curve
 
+from training.plots import plot_learning_curves, plot_per_domain, plot_roc
+from training.statistics import verdict
 from training.train import read_oof
 
 
 def _fmt(value: float) -> str:
     return "n/a" if value is None or value != value else f"{value:.3f}"
-
-
-def plot_roc(oof_rows: list[dict], threshold: float, path: Path) -> None:
-    """Pooled and per-fold ROC curves of the out-of-fold predictions, with the chosen operating point."""
-    figure = Figure(figsize=(5, 5))
-    axes = figure.subplots()
-    labels = np.array([r["label"] for r in oof_rows])
-    scores = np.array([r["score"] for r in oof_rows])
-    folds = np.array([str(r["fold"]) for r in oof_rows])
-    for fold in sorted(set(folds)):
-        inside = folds == fold
-        if 0 < labels[inside].sum() < inside.sum():
-            fpr, tpr, _ = roc_curve(labels[inside], scores[inside])
-            axes.plot(fpr, tpr, lw=0.8, alpha=0.5, label=f"fold {fold}")
-    fpr, tpr, _ = roc_curve(labels, scores)
-    axes.plot(fpr, tpr, color="black", lw=2, label="pooled")
-    predicted = expit(scores) >= threshold
-    axes.plot(np.mean(predicted[labels == 0]), np.mean(predicted[labels == 1]), "o", color="crimson",
-              label=f"threshold {threshold:.3f}")
-    axes.plot([0, 1], [0, 1], ":", color="grey")
-    axes.set(xlabel="1 - specificity", ylabel="sensitivity (atypical)", title="Out-of-fold ROC", aspect="equal")
-    axes.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-
-
-def plot_per_domain(per_domain: dict, path: Path) -> None:
-    """Balanced accuracy and ROC AUC per domain value, one panel per domain key."""
-    keys = list(per_domain)
-    figure = Figure(figsize=(4 * len(keys), 3.5))
-    panels = figure.subplots(1, len(keys), squeeze=False)
-    for axes, key in zip(panels[0], keys):
-        values = list(per_domain[key])
-        x = np.arange(len(values))
-        for offset, metric in ((-0.2, "balanced_accuracy"), (0.2, "roc_auc")):
-            axes.bar(x + offset, [per_domain[key][v][metric] for v in values], width=0.4, label=metric.replace("_", " "))
-        axes.set_xticks(x, [f"{v}\n(n={per_domain[key][v]['n']})" for v in values], fontsize=8)
-        axes.set(ylim=(0, 1), title=key)
-        axes.axhline(0.5, color="grey", lw=0.5)
-    panels[0][0].legend(fontsize=8, loc="lower left")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-
-
-def plot_learning_curves(fold_folders: list[Path], path: Path) -> None:
-    """Training loss and validation ROC AUC per epoch, one line per fold."""
-    figure = Figure(figsize=(9, 3.5))
-    loss_axes, auc_axes = figure.subplots(1, 2)
-    for folder in fold_folders:
-        with (folder / "metrics.csv").open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        epochs = [int(r["epoch"]) for r in rows]
-        loss_axes.plot(epochs, [float(r["train_loss"]) for r in rows], label=folder.name)
-        if rows and "val_roc_auc" in rows[0]:
-            auc_axes.plot(epochs, [float(r["val_roc_auc"]) for r in rows], label=folder.name)
-    loss_axes.set(xlabel="epoch", ylabel="training loss")
-    auc_axes.set(xlabel="epoch", ylabel="validation ROC AUC (EMA weights)")
-    auc_axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
 
 
 def _metrics_table(rows: list[tuple[str, dict]]) -> list[str]:
@@ -138,3 +77,60 @@ def write_report(run_dir: Path) -> Path:
     markdown = run_dir / "results.md"
     markdown.write_text(results_markdown(run_dir, results))
     return markdown
+
+
+def _interval(pair) -> str:
+    return f"[{pair[0]:+.3f}, {pair[1]:+.3f}]"
+
+
+def study_markdown(results: dict, leave_out: str | None) -> str:
+    """The study's report as Markdown."""
+    names = list(results["runs"])
+    folds = list(results["runs"][names[0]]["per_fold"])
+    coverage = results["coverage"]
+    trained = ("all " if len(coverage["folds_trained"]) == coverage["n_folds"] else "only folds "
+               + ", ".join(coverage["folds_trained"]) + " of the ") + f"{coverage['n_folds']} folds"
+    lines = ["# Study", "", f"Baseline: `{results['baseline']}`. Every config trained on the same slide-grouped "
+             f"folds ({trained}; out-of-fold n = {coverage['n']} patches, {coverage['n_atypical']} atypical); "
+             "balanced accuracy per fold uses a threshold chosen on the other trained folds.", "",
+             "## Per fold", "", "| config | metric | " + " | ".join(f"fold {f}" for f in folds) + " | mean +- sd |",
+             "|---|---|" + "---|" * (len(folds) + 1)]
+    for name, run in results["runs"].items():
+        for metric in ("roc_auc", "balanced_accuracy"):
+            values = " | ".join(_fmt(run["per_fold"][f][metric]) for f in folds)
+            lines.append(f"| {name} | {metric.replace('_', ' ')} | {values} | "
+                         f"{_fmt(run[metric]['mean'])} +- {_fmt(run[metric]['sd'])} |")
+    if results["differences"]:
+        lines += ["", "## Paired differences (config - baseline)", "",
+                  "| config | metric | per fold | mean | 95% t-interval (folds) | pooled | 95% bootstrap (patches) |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, difference in results["differences"].items():
+            for metric, d in difference.items():
+                per_fold = ", ".join(f"{v:+.3f}" for v in d["per_fold"])
+                pooled = f"{d['pooled']:+.3f}" if "pooled" in d else ""
+                boot = _interval(d["pooled_bootstrap_95"]) if "pooled_bootstrap_95" in d else ""
+                lines.append(f"| {name} | {metric.replace('_', ' ')} | {per_fold} | {d['mean']:+.3f} | "
+                             f"{_interval(d['t_interval_95'])} | {pooled} | {boot} |")
+            lines += ["", f"`{name}`: ROC AUC {verdict(difference['roc_auc'])}; balanced accuracy "
+                          f"{verdict(difference['balanced_accuracy'])}.", ""]
+    lines += _domain_lines(results, leave_out)
+    lines += ["", "![per fold](study_folds.png)"] + (["", "![differences](study_differences.png)"]
+                                                     if results["differences"] else [])
+    return "\n".join(lines) + "\n"
+
+
+def _domain_lines(results: dict, leave_out: str | None) -> list[str]:
+    lines = []
+    for name, run in results["runs"].items():
+        for key, values in run["per_domain"].items():
+            lines += ["", f"## Per {key}: {name} (pooled out-of-fold, at the pooled threshold)", "",
+                      "| value | n | balanced accuracy | ROC AUC |", "|---|---|---|---|"]
+            lines += [f"| {v} | {m['n']} | {_fmt(m['balanced_accuracy'])} | {_fmt(m['roc_auc'])} |"
+                      for v, m in values.items()]
+    if results["leave_one_out"]:
+        lines += ["", f"## Leave one {leave_out} out (train on the others, test on it)", "",
+                  "| config | left out | n | balanced accuracy | ROC AUC |", "|---|---|---|---|---|"]
+        for name, per_domain in results["leave_one_out"].items():
+            lines += [f"| {name} | {d} | {m['n']} | {_fmt(m['balanced_accuracy'])} | {_fmt(m['roc_auc'])} |"
+                      for d, m in per_domain.items()]
+    return lines
