@@ -16,10 +16,11 @@ from safetensors.torch import load_file
 
 import training.train as train_module
 from tests.amibr_fixture import write_amibr
+from training.checkpoints import RESUME_FILE
 from training.config import config_from_dict
 from training.data import load_images, read_amibr
 from training.splits import make_split
-from training.train import RESUME_FILE, Distributed, _epoch_order, focal_loss, shard_batches, train_fold
+from training.train import Distributed, _epoch_order, focal_loss, shard_batches, train_fold
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"name": "tiny", "backbone": "resnet10t_slim", "input_crop": 64,

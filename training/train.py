@@ -33,6 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.augment import augment_batch
+from training.checkpoints import clear_resume, load_resume, save_resume, write_metrics_csv
 from training.config import ExperimentConfig, save_config
 from training.data import Sample, labels_of
 from training.ensemble import Preprocess, view_scores
@@ -42,7 +43,6 @@ from training.splits import fold_fingerprint, fold_indices, split_fingerprint
 from training.torch_compat import import_timm
 
 OOF_COLUMNS = ("sample_id", "slide", "label", "fold", "score", "probability")
-RESUME_FILE = "resume.pt"
 
 
 def set_threads(threads: int) -> int:
@@ -230,11 +230,7 @@ class _FoldLog:
 
     def add(self, row: dict) -> None:
         self.history.append(row)
-        columns = list(dict.fromkeys(k for r in self.history for k in r))
-        with self.path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, columns)
-            writer.writeheader()
-            writer.writerows(self.history)
+        write_metrics_csv(self.path, self.history)
         if self.writer is not None:
             for key, value in row.items():
                 if key != "epoch":
@@ -324,24 +320,21 @@ def _should_stop(best, epoch, patience, distributed) -> bool:
 
 
 def _save_resume(out_dir, trainer, generator, history, best, split_sha256: str) -> None:
-    scratch = out_dir / (RESUME_FILE + ".tmp")
-    torch.save({**trainer.state(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "history": history, "best": best, "config": yaml.safe_dump(asdict(trainer.config)),
-                "split_sha256": split_sha256}, scratch)
-    scratch.replace(out_dir / RESUME_FILE)
+    save_resume(out_dir, {**trainer.state(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                          "history": history, "best": best, "config": yaml.safe_dump(asdict(trainer.config)),
+                          "split_sha256": split_sha256})
 
 
 def _load_resume(out_dir: Path, trainer, generator, config, split_sha256: str) -> dict:
     """The saved state of an interrupted run of this fold, restored into trainer and generator; {} if none."""
-    path = out_dir / RESUME_FILE
-    if not path.is_file():
+    state = load_resume(out_dir, device=trainer.device, checks={
+        "config": (yaml.safe_dump(asdict(config)), "left by a run with another config; delete it to start this fold "
+                                                   "afresh"),
+        "split_sha256": (split_sha256, "left by a run on another split; resuming would train on other slides. "
+                                       "Resume with the split it began with, or delete it to start this fold afresh"),
+    })
+    if not state:
         return {}
-    state = torch.load(path, map_location=trainer.device, weights_only=True)
-    if state["config"] != yaml.safe_dump(asdict(config)):
-        raise ValueError(f"{path}: left by a run with another config; delete it to start this fold afresh")
-    if state.get("split_sha256", split_sha256) != split_sha256:
-        raise ValueError(f"{path}: left by a run on another split; resuming would train on other slides. "
-                         "Resume with the split it began with, or delete it to start this fold afresh")
     trainer.restore(state)
     generator.set_state(state["generator"].cpu())
     torch.set_rng_state(state["torch_rng"].cpu())
@@ -383,7 +376,7 @@ def train_fold(config: ExperimentConfig, samples: list[Sample], images: np.ndarr
     if len(val_index):
         summary.update(_write_oof(trainer, samples, data, fold, out_dir))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out_dir / RESUME_FILE).unlink(missing_ok=True)
+    clear_resume(out_dir)
     return summary
 
 

@@ -17,7 +17,6 @@ saved. DiT weights are safetensors (`model.safetensors` raw, `ema.safetensors` a
 """
 
 import copy
-import csv
 import json
 import time
 from contextlib import nullcontext
@@ -31,6 +30,7 @@ from tqdm import tqdm
 
 from inference.model import sha256_of
 from training.augment import dihedral
+from training.checkpoints import clear_resume, load_resume, save_resume, write_metrics_csv
 from training.data import load_images
 from training.ensemble import VIEWS
 from training.synth.config import SynthConfig, TrainConfig, config_text, save_synth_config
@@ -38,7 +38,6 @@ from training.synth.data import FoldData, read_provenance, to_model_range, write
 from training.synth.diffusion import create_diffusion
 from training.synth.networks import LatentCodec, create_dit, create_vae, dit_args, import_diffusers, load_vae
 
-RESUME_FILE = "resume.pt"
 SUMMARY_FILE = "summary.json"
 STAGE_IDS = {"vae": 1, "pretrain": 2, "finetune": 3}
 
@@ -103,27 +102,15 @@ class _Optimisation:
             self.ema.load_state_dict(state["ema"])
 
 
-def _write_metrics(path: Path, history: list) -> None:
-    columns = list(dict.fromkeys(key for row in history for key in row))
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns)
-        writer.writeheader()
-        writer.writerows(history)
-
-
 def _save_resume(stage_dir: Path, optimisation: _Optimisation, history: list, window: list, text: str) -> None:
-    scratch = stage_dir / (RESUME_FILE + ".tmp")
-    torch.save({**optimisation.state(), "history": history, "window": window, "config": text}, scratch)
-    scratch.replace(stage_dir / RESUME_FILE)
+    save_resume(stage_dir, {**optimisation.state(), "history": history, "window": window, "config": text})
 
 
 def _load_resume(stage_dir: Path, optimisation: _Optimisation, text: str) -> dict:
-    path = stage_dir / RESUME_FILE
-    if not path.is_file():
+    state = load_resume(stage_dir, device="cpu", checks={
+        "config": (text, "left by a run with another config; delete it to train this stage afresh")})
+    if not state:
         return {}
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state["config"] != text:
-        raise ValueError(f"{path}: left by a run with another config; delete it to train this stage afresh")
     optimisation.restore(state)
     print(f"{stage_dir}: resuming after step {optimisation.step}")
     return state
@@ -152,7 +139,7 @@ def run_steps(optimisation: _Optimisation, next_loss, stage_dir: Path, text: str
                 history.append({"step": step, "lr": optimisation.optimizer.param_groups[0]["lr"],
                                 "loss": float(np.mean(window)), "seconds": seconds,
                                 "images_per_second": len(window) * batch_size / max(seconds, 1e-9)})
-                _write_metrics(stage_dir / "metrics.csv", history)
+                write_metrics_csv(stage_dir / "metrics.csv", history)
                 window, last = [], time.perf_counter()
             if step % train.checkpoint_every == 0 and step < train.steps:
                 _save_resume(stage_dir, optimisation, history, window, text)
@@ -178,7 +165,7 @@ def _finish_stage(stage_dir: Path, summary: dict) -> dict:
     provenance = json.loads((stage_dir / "provenance.json").read_text())
     write_provenance(stage_dir, {**provenance, "finished": True})
     (stage_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    (stage_dir / RESUME_FILE).unlink(missing_ok=True)
+    clear_resume(stage_dir)
     return summary
 
 
