@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-PATCH_SIZE = 128
+from inference.contract import PATCH_SIZE
 TARGET_SPACING_UM = 0.25  # the resolution of the official crops (40x scanners)
 # Spacings that count as 40x: the official crops were cut at each scanner's own resolution in this
 # range (about 0.23 to 0.26 um/px among the MIDOG scanners), so images within it are cut as they are.
@@ -81,11 +81,6 @@ def patch_shape(size: int | tuple[int, int]) -> tuple[int, int]:
     if height <= 0 or width <= 0:
         raise ValueError(f"patch size must be positive, got {size}")
     return int(height), int(width)
-
-
-def crop_centred(image: np.ndarray, x: float, y: float, size: int | tuple[int, int] = PATCH_SIZE) -> np.ndarray:
-    """The (size, size, C) patch of `image` (H, W, C) whose pixel (size // 2, size // 2) is the point (x, y)."""
-    return crop_points(image, [(x, y)], size=size)[0]
 
 
 def crop_points(image: np.ndarray, points: Sequence[Sequence[float]] | np.ndarray, *,

@@ -14,6 +14,11 @@ from inference import crops
 REPO = Path(__file__).resolve().parents[1]
 
 
+def crop_at(image: np.ndarray, x: float, y: float, size=crops.PATCH_SIZE) -> np.ndarray:
+    """The one patch crops.crop_points cuts around (x, y)."""
+    return crops.crop_points(image, [(x, y)], size=size)[0]
+
+
 def ramp_image(height: int = 300, width: int = 400) -> np.ndarray:
     """An RGB image in which every pixel differs from its neighbours (so offsets show)."""
     rows, columns = np.mgrid[0:height, 0:width]
@@ -32,7 +37,7 @@ IMAGE = ramp_image()
 
 @pytest.mark.parametrize("column, row", [(200, 150), (64, 64), (335, 235), (100, 236)])
 def test_interior_crop_is_the_hand_cut_slice(column, row):
-    patch = crops.crop_centred(IMAGE, column, row)
+    patch = crop_at(IMAGE, column, row)
     assert patch.shape == (128, 128, 3) and patch.dtype == np.uint8
     np.testing.assert_array_equal(patch, IMAGE[row - 64:row + 64, column - 64:column + 64])
     np.testing.assert_array_equal(patch[64, 64], IMAGE[row, column])  # the centre pixel at index size // 2
@@ -42,12 +47,12 @@ def test_interior_crop_is_the_hand_cut_slice(column, row):
     (200.4, 150.49, 200, 150), (200.5, 150.5, 201, 151), (199.51, 149.6, 200, 150), (-0.5, -0.4, 0, 0),
 ])
 def test_a_non_integer_centre_is_rounded_half_up(x, y, column, row):
-    np.testing.assert_array_equal(crops.crop_centred(IMAGE, x, y), hand_crop(IMAGE, column, row))
+    np.testing.assert_array_equal(crop_at(IMAGE, x, y), hand_crop(IMAGE, column, row))
 
 
 @pytest.mark.parametrize("column, row", [(0, 0), (399, 0), (0, 299), (399, 299)])
 def test_corners_are_black_padded_with_the_figure_centred(column, row):
-    patch = crops.crop_centred(IMAGE, column, row)
+    patch = crop_at(IMAGE, column, row)
     np.testing.assert_array_equal(patch, hand_crop(IMAGE, column, row))
     np.testing.assert_array_equal(patch[64, 64], IMAGE[row, column])
     inside_rows = slice(64, 128) if row == 0 else slice(0, 65)
@@ -59,16 +64,16 @@ def test_corners_are_black_padded_with_the_figure_centred(column, row):
 
 
 def test_edges_are_black_only_beyond_the_image():
-    near_left = crops.crop_centred(IMAGE, 10, 150)
+    near_left = crop_at(IMAGE, 10, 150)
     assert not near_left[:, :54].any() and near_left[:, 54:].any(axis=-1).mean() > 0.95
-    near_bottom = crops.crop_centred(IMAGE, 200, 290)
+    near_bottom = crop_at(IMAGE, 200, 290)
     assert not near_bottom[64 + 10:].any()
     np.testing.assert_array_equal(near_bottom[:74], IMAGE[290 - 64:, 136:264])
 
 
 def test_small_image_padded_on_every_side():
     tiny = ramp_image(20, 30)
-    patch = crops.crop_centred(tiny, 15, 10)
+    patch = crop_at(tiny, 15, 10)
     np.testing.assert_array_equal(patch[54:74, 49:79], tiny)
     assert patch.sum() == tiny.sum()
 
@@ -76,7 +81,7 @@ def test_small_image_padded_on_every_side():
 @pytest.mark.parametrize("x, y", [(-0.51, 10), (399.5, 10), (10, -1), (10, 299.5), (1e9, 1e9)])
 def test_a_point_outside_the_image_is_an_error(x, y):
     with pytest.raises(ValueError, match=r"outside the 400x300 image"):
-        crops.crop_centred(IMAGE, x, y)
+        crop_at(IMAGE, x, y)
 
 
 def test_the_error_names_the_first_outside_point_and_counts_them():
@@ -101,12 +106,12 @@ def test_crop_points_keeps_order_and_batches():
 
 
 def test_other_sizes_put_the_centre_at_size_over_two():
-    odd = crops.crop_centred(IMAGE, 200, 150, size=5)
+    odd = crop_at(IMAGE, 200, 150, size=5)
     np.testing.assert_array_equal(odd, IMAGE[148:153, 198:203])
     wide = crops.crop_points(IMAGE, [(200, 150)], size=(4, 6))[0]
     np.testing.assert_array_equal(wide, IMAGE[148:152, 197:203])
     with pytest.raises(ValueError, match="positive"):
-        crops.crop_centred(IMAGE, 200, 150, size=0)
+        crop_at(IMAGE, 200, 150, size=0)
 
 
 def test_inside_matches_the_rounding_rule():
@@ -144,7 +149,7 @@ def test_fit_centred_is_the_crop_around_the_middle_pixel_for_even_sizes():
     for height, width in [(150, 140), (100, 100), (100, 150), (129, 131)]:
         image = ramp_image(height, width)
         np.testing.assert_array_equal(crops.fit_centred(image, height=128, width=128),
-                                      crops.crop_centred(image, width // 2, height // 2))
+                                      crop_at(image, width // 2, height // 2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,4 +232,4 @@ def test_crops_module_imports_numpy_alone_at_the_top():
             top_level |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             top_level.add((node.module or "").split(".")[0])
-    assert top_level == {"numpy", "collections"}
+    assert top_level == {"numpy", "collections", "inference"}  # inference: the patch size, from contract.py
