@@ -29,11 +29,23 @@ METAIMAGE_ELEMENT_SIZES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_U
                            "MET_UINT": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
                            "MET_DOUBLE": 8}
 METAIMAGE_HEADER_LIMIT = 1 << 16  # bytes of text before the pixel data, at most
+# Pixels a file may decode to: a 20,000 x 20,000 RGB region is 1.2 GB; past this, a file that
+# claims a vast image (a few KB of compressed zeros can) would exhaust the container's memory.
+MAX_DECODED_BYTES = 2 << 30
+BITS_PER_SAMPLE, SAMPLES_PER_PIXEL = 258, 277
 INFLATE_CHUNK = 1 << 24  # bytes of inflated MetaImage data held at once while checking
 
 
 class DamagedImage(ValueError):
     """The file's structure is broken: SimpleITK would read fewer, other or no pages from it."""
+
+
+def check_decoded_size(decoded_bytes: int, shape: str) -> None:
+    """Refuse an image whose pixels would take more than MAX_DECODED_BYTES once decoded."""
+    if decoded_bytes > MAX_DECODED_BYTES:
+        raise DamagedImage(f"it would decode to {decoded_bytes / 1e9:.1f} GB ({shape}), more than the "
+                           f"{MAX_DECODED_BYTES / 2**30:.0f} GiB this container reads: not a stack of crops or a "
+                           "region of interest, or its header is damaged")
 
 
 def expected_pages(path: Path) -> int | None:
@@ -84,8 +96,17 @@ class TiffStructure:
         if not directories:
             raise DamagedImage("TIFF file without a single page")
         self._check_no_orphan_pages(directories)
-        return sum(not (self._value(entries.get(NEW_SUBFILE_TYPE), default=0) & REDUCED_RESOLUTION)
-                   for _, entries in directories)
+        pages = [entries for _, entries in directories
+                 if not self._value(entries.get(NEW_SUBFILE_TYPE), default=0) & REDUCED_RESOLUTION]
+        check_decoded_size(sum(self._page_bytes(entries) for entries in pages), f"{len(pages)} TIFF pages")
+        return len(pages)
+
+    def _page_bytes(self, entries: dict) -> int:
+        """Bytes one page decodes to: width x height x samples per pixel x bytes per sample."""
+        width, height = self._value(entries[IMAGE_WIDTH], default=0), self._value(entries[IMAGE_LENGTH], default=0)
+        samples = self._value(entries.get(SAMPLES_PER_PIXEL), default=1)
+        bits = self._value(entries.get(BITS_PER_SAMPLE), default=1)
+        return width * height * samples * max(1, bits // 8)
 
     def _directory(self, offset: int, *, page: int) -> tuple[dict[int, tuple[int, int, int, int]], int]:
         """One page: tag -> (type, count, value position, entry position), its data ranges checked; and the next page's offset."""
@@ -203,6 +224,7 @@ def metaimage_pages(data: bytes) -> int:
         expected = channels * element_size
         for size in dimensions:
             expected *= size
+        check_decoded_size(expected, f"MetaImage of {' x '.join(map(str, dimensions))} x {channels} channels")
         pixel_data = memoryview(data)[start:]
         compressed = fields.get("CompressedData", "False").lower() == "true"
         found = inflated_size(pixel_data) if compressed else len(pixel_data)

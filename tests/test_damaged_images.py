@@ -11,6 +11,7 @@ import json
 import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,36 @@ def test_a_tiff_roi_with_a_second_page_behind_a_zeroed_link(fake_model_dir, tmp_
     (input_dir / "inputs.json").write_text(json.dumps([image_socket("roi.tif"), points_socket()]))
     output_dir = tmp_path / "output"
     assert_failed(run_process(input_dir, output_dir, fake_model_dir), output_dir, "not linked into the page chain")
+
+
+def claim_size(path: Path, width: int, height: int) -> None:
+    """Rewrite the first page's width and length tags in place (the pixel data stay as small as they were)."""
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tiff:
+        tags = tiff.pages[0].tags
+        for name, value in (("ImageWidth", width), ("ImageLength", height)):
+            tag = tags[name]
+            fmt = "<H" if tag.dtype == tifffile.DATATYPE.SHORT else "<I"
+            data[tag.valueoffset:tag.valueoffset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    path.write_bytes(bytes(data))
+
+
+def test_a_file_claiming_a_vast_image_is_refused_before_decoding(make_case, fake_model_dir, tmp_path):
+    """A few KB that claim 60,000 x 60,000 RGB pixels (10.8 GB) must not exhaust the container's memory."""
+    input_dir = make_case(PAGES[:1], name="stack.tiff", compression="deflate")
+    claim_size(only_file(input_dir / "images" / STACK_SLUG), 60000, 60000)
+    output_dir = tmp_path / "output"
+    assert_failed(run_process(input_dir, output_dir, fake_model_dir), output_dir, "10.8 GB (1 TIFF pages)")
+
+
+def test_a_metaimage_claiming_a_vast_image_is_refused_before_inflating(make_case, fake_model_dir, tmp_path):
+    input_dir = make_case(PAGES[:1], name="stack.mha")
+    path = only_file(input_dir / "images" / STACK_SLUG)
+    path.write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 20000 20000 10\nElementNumberOfChannels = 3\n"
+                     b"ElementType = MET_UCHAR\nCompressedData = True\nElementDataFile = LOCAL\n"
+                     + zlib.compress(bytes(1 << 20)))
+    output_dir = tmp_path / "output"
+    assert_failed(run_process(input_dir, output_dir, fake_model_dir), output_dir, "more than the 2 GiB")
 
 
 # ---------------------------------------------------------------------------------------------
