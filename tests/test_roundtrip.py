@@ -192,3 +192,24 @@ def test_a_run_keeps_the_split_its_folds_were_trained_on(exported, tmp_path):
         from training.crossval import run_crossval
 
         run_crossval(load_config(str(config)), run_dir, show_progress=False)
+
+
+def test_evaluate_refuses_samples_from_slides_the_members_trained_on(exported, tmp_path):
+    """Without --fold too: model.json lists digests of every training slide, and evaluate checks them."""
+    from training.splits import load_split, slide_digest
+
+    run_dir, model_dir = exported
+    data_root = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["root"]
+    digests = json.loads((model_dir / "model.json").read_text())["training"]["slide_digests"]
+    split = load_split(run_dir / "split.json")
+    assert set(digests) == {slide_digest(s) for fold in split["folds"] for s in fold["val_slides"]}  # both folds
+    whole = ["evaluate", "--model", str(model_dir), "--data-kind", "amibr", "--data-root", data_root,
+             "--out", str(tmp_path / "whole")]
+    assert training_cli(whole) == 1 and not (tmp_path / "whole").exists()  # the ensemble trained on every slide
+    fold_0 = tmp_path / "fold0-model"
+    assert training_cli(["export", str(run_dir / "fold_0"), "--out", str(fold_0), "--name", "f0"]) == 0
+    held_out = ["evaluate", "--model", str(fold_0), "--data-kind", "amibr", "--data-root", data_root,
+                "--split", str(run_dir / "split.json"), "--fold", "0", "--out", str(tmp_path / "f0")]
+    assert training_cli(held_out) == 0
+    metrics = json.loads((tmp_path / "f0" / "metrics.json").read_text())
+    assert metrics["held_out"].startswith("proven") and metrics["n"] == len(split["folds"][0]["val_ids"])

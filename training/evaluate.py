@@ -18,6 +18,7 @@ the figures training.plots'; this module runs the model and writes the files.
 """
 
 import json
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -34,7 +35,7 @@ from inference.sockets import read_sockets
 from inference.stack import stack_entry
 from training.data import load_images
 from training.plots import plot_evaluation
-from training.splits import fold_fingerprint
+from training.splits import fold_fingerprint, slide_digest
 from training.statistics import bootstrap_intervals, evaluator_aggregates
 
 CLASS_IDS = {"normal": 0, "atypical": 1}
@@ -58,8 +59,29 @@ def _write(out_dir: Path, document: dict, labels, probabilities, threshold) -> d
     return document
 
 
+def held_out_status(model_dir: Path, samples) -> str:
+    """Whether `samples` are proven unseen by the model's members; refuses samples from their training slides.
+
+    model.json lists a digest of every slide any member trained on (training.slide_digests); a
+    model exported before it did cannot prove anything, and the result says so.
+    """
+    digests = json.loads((Path(model_dir) / "model.json").read_text()).get("training", {}).get("slide_digests")
+    if digests is None:
+        print(f"evaluate: WARNING: {model_dir}/model.json does not list its training slides, so nothing shows that "
+              "these samples were not trained on; score only data you know it never saw", file=sys.stderr)
+        return "unproven: model.json lists no training slides"
+    seen = [s for s in samples if slide_digest(s.slide) in set(digests)]
+    if seen:
+        slides = sorted({s.slide for s in seen})
+        raise ValueError(f"{len(seen)} of the {len(samples)} samples come from {len(slides)} slides the model's "
+                         f"members trained on (e.g. {slides[0]}); scoring them would report a number the model did "
+                         "not earn. Evaluate on slides none of its members saw")
+    return "proven: no sample is from a slide any member trained on"
+
+
 def evaluate_patches(model_dir: Path, samples, out_dir: Path, *, domain_key: str | None = None) -> dict:
     """Score a labelled patch set with the exported model; write metrics.json, predictions and plots."""
+    held_out = held_out_status(model_dir, samples)
     model = load_model(model_dir=Path(model_dir))
     pages = fit_pages(load_images(samples), height=model.height, width=model.width)
     probabilities = predict(model, pages).astype(np.float64)
@@ -72,7 +94,7 @@ def evaluate_patches(model_dir: Path, samples, out_dir: Path, *, domain_key: str
         handle.write("sample_id,label,domain,p_atypical,class\n")
         handle.writelines(f"{s.sample_id},{s.label},{d},{p:.6f},{e['class']}\n"
                           for s, d, p, e in zip(samples, domains, probabilities, entries))
-    document = metrics_document(labels, entries, probabilities, domains, model)
+    document = {**metrics_document(labels, entries, probabilities, domains, model), "held_out": held_out}
     return _write(out_dir, document, labels, probabilities, model.threshold)
 
 

@@ -28,7 +28,7 @@ from training.crossval import oof_metrics, pool_rows
 from training.data import CLASSES, PATCH_SIZE, load_images, read_dataset
 from training.ensemble import EnsembleClassifier, Preprocess
 from training.models import create_classifier
-from training.splits import fold_fingerprint, load_split, split_fingerprint
+from training.splits import fold_fingerprint, fold_indices, load_split, slide_digest, split_fingerprint
 from training.torch_compat import import_timm
 from training.train import predict_scores, read_oof
 
@@ -121,6 +121,19 @@ def _member_info(fold_dir: Path, args: dict) -> dict:
     return {"backbone": args["backbone"], "fold": fold, "fold_sha256": fold_sha256, "split_sha256": split_sha256,
             "mean": args["mean"], "std": args["std"], "crop": args.get("crop"),
             "checkpoint_sha256": sha256_of(fold_dir / "model.safetensors")}
+
+
+def training_slide_digests(fold_folders, samples) -> list[str] | None:
+    """slide_digest of every slide any member trained on (its run's split.json and fold); None if unknown."""
+    slides = set()
+    for folder in map(Path, fold_folders):
+        split_file = folder.parent / "split.json"
+        if not split_file.is_file():
+            return None
+        fold = json.loads((folder / "summary.json").read_text())["fold"]
+        train_index, _ = fold_indices(load_split(split_file), samples, fold)
+        slides |= {samples[i].slide for i in train_index if not samples[i].synthetic}
+    return sorted(slide_digest(slide) for slide in slides)
 
 
 def oof_for_views(fold_folders, members, samples, views, *, spacing_um=None) -> dict[str, dict]:
@@ -235,7 +248,8 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
         training = {"dataset": first_config.data.kind, "n_samples": len(samples),
                     "n_atypical": int(sum(s.label for s in samples)), "n_slides": len({s.slide for s in samples}),
                     "split": _split_description(first_config.split), "configs": sorted({m[2].name for m in members}),
-                    "backbones": sorted({m[1]["backbone"] for m in members})}
+                    "backbones": sorted({m[1]["backbone"] for m in members}),
+                    "slide_digests": training_slide_digests(fold_folders, samples)}
         metrics = {"oof": oof, "oof_views": list(views), "export_parity_max_abs_difference": difference}
         spec = _model_json(name, onnx_path, oof["threshold"], views, member_info, metrics, training)
         spec["precision"] = "float16" if fp16 else "float32"

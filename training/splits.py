@@ -91,6 +91,11 @@ def split_fingerprint(split: dict) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def slide_digest(slide: str) -> str:
+    """A short sha256 of a slide's name: model.json can say which slides trained it without naming them."""
+    return hashlib.sha256(str(slide).encode()).hexdigest()[:16]
+
+
 def fold_indices(split: dict, samples: list[Sample], fold: int | str) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) indices into `samples` for `fold`; fold "all" trains on everything.
 
