@@ -5,9 +5,6 @@ interface takes what a Track 1 detector works on and writes (docs/interfaces.md)
 and class names are the training package's too: one home for both.
 """
 
-
-
-
 STACK_SLUG = "stacked-histopathology-roi-cropouts"
 STACK_OUTPUT = "multiple-mitotic-figure-classification.json"
 ROI_SLUG = "histopathology-region-of-interest-cropout"  # Track 1's input image

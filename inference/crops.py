@@ -1,12 +1,12 @@
-"""Patches around mitotic figures: the one cropping code shared by process.py and training/.
+"""Patches around mitotic figures: the one cropping code shared by the container and training/.
 
 MIDOG 2025 Track 2 hands over 128x128 RGB crops centred on mitotic figures, cut at the scanner's own
 resolution (about 0.25 um/px), with black where the crop reaches past the edge of its region of
 interest. Whole images plus candidate points (a Track 1 detector's output, or annotations) must
 become the same kind of patch, whether the container classifies them or training learns from them;
-so both cut them here. The module sits at the top level, beside process.py, because the container
-copies only process.py and this file and must import nothing from training/ (which pulls in torch);
-training imports it as `crops` from the repository root.
+so both cut them here. The module lives in the inference package, which the container copies
+whole and which imports nothing from training/ (which pulls in torch); training imports it as
+`from inference import crops`.
 
 Conventions, for every function below:
 

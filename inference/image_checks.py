@@ -10,7 +10,7 @@ it once to prove it whole. `expected_pages` says how many pages SimpleITK must r
 else it finds wrong is a `DamagedImage`. Pixel data stored without compression carry no checksum,
 so damage inside them cannot be seen by anyone and is not looked for.
 
-Standard library only (struct, zlib), so that process.py keeps its dependencies.
+Standard library only (struct, zlib), so that the container keeps its dependencies.
 """
 
 import struct
@@ -109,7 +109,7 @@ class TiffStructure:
         return width * height * samples * max(1, bits // 8)
 
     def _directory(self, offset: int, *, page: int) -> tuple[dict[int, tuple[int, int, int, int]], int]:
-        """One page: tag -> (type, count, value position, entry position), its data ranges checked; and the next page's offset."""
+        """One page's tags -> (type, count, value position, entry position), its data checked; and the next offset."""
         count = self._unpack("Q" if self.big else "H", offset)
         if not 0 < count <= MAX_ENTRIES:
             raise DamagedImage(f"TIFF page {page} at byte {offset} claims {count} tags: not a page directory, "

@@ -1,7 +1,7 @@
 """Reading a stack of pages or a whole region of interest with SimpleITK, as the container takes them.
 
 Pages (and whole images, for their pixel types and channels) are taken as they come, with the
-adjustments process.py's docstring lists, each one logged. A file whose structure says it holds
+adjustments process.py's docstring tabulates, each one logged. A file whose structure says it holds
 more pages than SimpleITK decodes is refused (image_checks.py): an answer for fewer pages would
 fail the whole evaluation.
 """

@@ -39,6 +39,8 @@ from training.splits import fold_fingerprint, slide_digest
 from training.statistics import bootstrap_intervals, evaluator_aggregates
 
 CLASS_IDS = {"normal": 0, "atypical": 1}
+
+
 def metrics_document(labels, entries: list[dict], probabilities, domains, model) -> dict:
     """metrics.json: the evaluator's aggregates from the outputs, intervals, and how the outputs were read."""
     predicted = np.array([CLASS_IDS[e["class"]] for e in entries])
@@ -158,7 +160,7 @@ def evaluate_cases(model_dir: Path, stacks_dir: Path, ground_truth: Path, out_di
             input_dir = _stack_case(stack, Path(scratch))
             sockets = read_sockets(input_dir=input_dir)
             output = select_handler(sockets)(sockets=sockets, input_dir=input_dir, model=model,
-                                                     stopwatch=Stopwatch())
+                                             stopwatch=Stopwatch())
         result = output[STACK_OUTPUT]
         if len(result) != len(case["labels"]):
             raise ValueError(f"{case['image']}: {len(result)} outputs for {len(case['labels'])} labels")

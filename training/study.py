@@ -29,6 +29,7 @@ from training.report import study_markdown
 from training.splits import make_domain_split, save_split, split_for
 from training.statistics import compare, mean_sd, per_fold_metrics
 
+
 def oof_table(run_dir: Path) -> dict:
     """A finished run's pooled out-of-fold predictions as arrays keyed by sample id order."""
     pooled = pooled_oof(fold_dirs(run_dir))
