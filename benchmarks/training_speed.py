@@ -36,7 +36,7 @@ def images_per_second(config, patches: torch.Tensor, labels: torch.Tensor, *, st
         index = torch.randint(len(patches), (batch_size,), generator=generator)
         images = patches[index].permute(0, 3, 1, 2).float() / 255.0
         images = augment_batch(images, config.augment, generator)  # (B, 3, H, W) in [0, 1]
-        trainer.train_step(trainer.preprocess.unit(images), labels[index])
+        trainer.train_step(trainer.preprocess.unit(images), labels[index], labels[index].float())
     return steps * batch_size / (time.perf_counter() - began)
 
 

@@ -93,6 +93,9 @@ class ExperimentConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     tta_views: list = field(default_factory=lambda: ["identity", "vflip"])
+    # "majority": the experts' majority label is the target; "soft": the share of experts voting
+    # atypical, as the target of a binary cross-entropy (metrics are always against the majority)
+    labels: str = "majority"
 
 
 def build_dataclass(cls, values: dict, where: str):

@@ -54,6 +54,7 @@ class Sample:
     synthetic: bool = False
     origin: str = ""
     point: tuple | None = None
+    atypical_share: float | None = field(default=None, compare=False)  # experts voting atypical; None: no votes
 
 
 def parse_label(value: str, *, where: str) -> int:
@@ -87,8 +88,14 @@ def _existing(path: Path, where: str) -> Path:
     return path
 
 
+def vote_share(votes, *, where: str) -> float | None:
+    """The share of the experts' votes that say atypical; empty votes are not counted, None when none is given."""
+    given = [parse_label(vote, where=where) for vote in votes if vote is not None and str(vote).strip()]
+    return sum(given) / len(given) if given else None
+
+
 def read_amibr(root: Path) -> list[Sample]:
-    """AMi-Br: label = `majority_atypical`, group = `slide`, domain = source dataset."""
+    """AMi-Br: label = `majority_atypical`, group = `slide`, domain = source dataset, votes `expert{1,2,3}_atypical`."""
     root = Path(root)
     samples = []
     for where, row in _table_rows(root / "AMI-BR.csv", ("slide", "dataset", "uid", "majority_atypical")):
@@ -98,6 +105,7 @@ def read_amibr(root: Path) -> list[Sample]:
             sample_id=name, path=_existing(root / "patches" / CLASSES[label] / f"{name}.png", where),
             label=label, slide=row["slide"], origin=where,
             domain={"dataset": row["dataset"], "tumor": "human breast carcinoma", "species": "human"},
+            atypical_share=vote_share([row.get(f"expert{k}_atypical") for k in (1, 2, 3)], where=where),
         ))
     return samples
 
@@ -127,6 +135,7 @@ def read_midog25(root: Path, slides: Path | None = None) -> list[Sample]:
             sample_id=Path(row["image_id"]).stem, path=path, label=parse_label(row["majority"], where=where),
             slide=row["filename"], origin=where, point=point,
             domain={key: row[column] for key, column in _MIDOG25_DOMAINS.items()},
+            atypical_share=vote_share([row.get(f"expert{k}") for k in (1, 2, 3)], where=where),
         ))
     return samples
 
@@ -245,3 +254,25 @@ def load_images(samples: list[Sample], size: int = PATCH_SIZE, progress: bool = 
 def labels_of(samples: list[Sample]) -> np.ndarray:
     """The labels of `samples` as an int64 array."""
     return np.array([sample.label for sample in samples], dtype=np.int64)
+
+
+LABEL_MODES = ("majority", "soft")
+
+
+def targets_of(samples: list[Sample], mode: str) -> np.ndarray:
+    """Training targets, P(atypical) per sample: the majority label, or (`soft`) the share of experts voting atypical.
+
+    Samples without votes (readers that have none, synthetic images) keep their majority label,
+    and a line says how many.
+    """
+    if mode not in LABEL_MODES:
+        raise ValueError(f"labels must be one of {list(LABEL_MODES)}, got {mode!r}")
+    labels = labels_of(samples).astype(np.float32)
+    if mode == "majority":
+        return labels
+    shares = [sample.atypical_share for sample in samples]
+    missing = sum(share is None for share in shares)
+    if missing:
+        print(f"labels: soft: {missing} of {len(samples)} samples carry no expert votes; "
+              "their majority label is their target")
+    return np.array([label if share is None else share for label, share in zip(labels, shares)], np.float32)

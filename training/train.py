@@ -35,7 +35,7 @@ from tqdm import tqdm
 from training.augment import augment_batch
 from training.checkpoints import clear_resume, load_resume, save_resume, write_metrics_csv
 from training.config import ExperimentConfig, save_config
-from training.data import Sample, labels_of
+from training.data import Sample, labels_of, targets_of
 from training.ensemble import Preprocess, view_scores
 from training.metrics import binary_metrics
 from training.models import create_classifier, model_args
@@ -104,6 +104,20 @@ def focal_loss(logits, labels, weight=None, gamma: float = 2.0, label_smoothing:
     return ((1 - p_true) ** gamma * per_sample * weights).sum() / weights.sum()
 
 
+def soft_label_loss(logits, targets, labels, weight=None, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Binary cross-entropy of P(atypical) = sigmoid(logit(atypical) - logit(normal)) against a target share.
+
+    `weight` (per class) and `label_smoothing` act as in F.cross_entropy, normalised by the weights
+    of the majority `labels`, so that for targets 0 and 1 this is exactly the cross-entropy of the
+    two logits.
+    """
+    scores = logits[:, 1] - logits[:, 0]  # (N,)
+    atypical = targets * (1 - label_smoothing) + label_smoothing / 2
+    weight = weight if weight is not None else torch.ones(2, device=logits.device)
+    per_sample = -(weight[0] * (1 - atypical) * F.logsigmoid(-scores) + weight[1] * atypical * F.logsigmoid(scores))
+    return per_sample.sum() / weight[labels].sum()
+
+
 def _class_weights(labels: np.ndarray, rule: str) -> torch.Tensor | None:
     if rule == "none":
         return None
@@ -145,19 +159,22 @@ class _Trainer:
         """The network to evaluate and save: the EMA copy when there is one."""
         return self.ema.module if self.ema is not None else self.network
 
-    def loss(self, logits, labels) -> torch.Tensor:
+    def loss(self, logits, labels, targets) -> torch.Tensor:
+        """The configured loss of a batch: `labels` the majority classes, `targets` the P(atypical) to learn."""
         optim = self.config.optim
+        if self.config.labels == "soft":
+            return soft_label_loss(logits.float(), targets, labels, self.class_weight, optim.label_smoothing)
         if optim.loss == "focal":
             return focal_loss(logits.float(), labels, self.class_weight, optim.focal_gamma, optim.label_smoothing)
         if optim.loss != "ce":
             raise ValueError(f"optim.loss must be 'ce' or 'focal', got {optim.loss!r}")
         return F.cross_entropy(logits.float(), labels, weight=self.class_weight, label_smoothing=optim.label_smoothing)
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> float:
         self.trained.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             logits = self.trained(images.contiguous(memory_format=torch.channels_last))
-        loss = self.loss(logits, labels)
+        loss = self.loss(logits, labels, targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -198,7 +215,7 @@ def shard_batches(order: torch.Tensor, batch_size: int, distributed: Distributed
     return batches[distributed.rank::distributed.world]
 
 
-def _epoch(trainer, patches, labels, generator, progress, distributed, order_seed: int) -> float:
+def _epoch(trainer, patches, labels, targets, generator, progress, distributed, order_seed: int) -> float:
     """One pass over the training patches; returns this process's mean loss.
 
     The order comes from `order_seed` alone, so every torchrun process shards the same order;
@@ -211,7 +228,8 @@ def _epoch(trainer, patches, labels, generator, progress, distributed, order_see
     for index in shard_batches(order, batch_size, distributed):
         images = patches[index].to(trainer.device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
         images = augment_batch(images, config.augment, generator)  # (B, 3, H, W) in [0, 1]
-        losses.append(trainer.train_step(trainer.preprocess.unit(images), labels[index].to(trainer.device)))
+        losses.append(trainer.train_step(trainer.preprocess.unit(images), labels[index].to(trainer.device),
+                                         targets[index].to(trainer.device)))
         progress.update(distributed.world)
         progress.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", refresh=False)
     return float(np.mean(losses))
@@ -254,7 +272,8 @@ class _FoldData:
     """A fold's tensors: every patch (shared, not copied), the training part, and the fold's seed."""
 
     patches: torch.Tensor
-    labels: torch.Tensor
+    labels: torch.Tensor  # majority classes: sampling, class weights, metrics
+    targets: torch.Tensor  # P(atypical) to learn: the majority label, or the experts' share
     train_index: np.ndarray
     val_index: np.ndarray
     seed: int
@@ -266,6 +285,10 @@ class _FoldData:
     @property
     def train_labels(self):
         return self.labels[self.train_index]
+
+    @property
+    def train_targets(self):
+        return self.targets[self.train_index]
 
 
 def _validate(trainer, data: _FoldData, row: dict) -> float:
@@ -291,8 +314,8 @@ def _run_epochs(trainer, data, generator, out_dir, resume: dict, distributed, sh
               disable=not (show_progress and distributed.main), dynamic_ncols=True) as progress:
         for epoch in range(start_epoch, optim.epochs):
             started = time.perf_counter()
-            loss = _epoch(trainer, data.train_patches, data.train_labels, generator, progress, distributed,
-                          order_seed=data.seed * 100_003 + epoch)
+            loss = _epoch(trainer, data.train_patches, data.train_labels, data.train_targets, generator, progress,
+                          distributed, order_seed=data.seed * 100_003 + epoch)
             row = {"epoch": epoch + 1, "lr": trainer.optimizer.param_groups[0]["lr"], "train_loss": loss}
             if distributed.main:
                 auc = _validate(trainer, data, row)
@@ -354,7 +377,12 @@ def train_fold(config: ExperimentConfig, samples: list[Sample], images: np.ndarr
     fold_seed = config.optim.seed * 1000 + (999 if fold == "all" else int(fold))
     generator = torch.Generator().manual_seed(fold_seed * 1000 + distributed.rank)  # augmentation, per process
     train_index, val_index = fold_indices(split, samples, fold)
-    data = _FoldData(torch.from_numpy(images), torch.from_numpy(labels_of(samples)), train_index, val_index, fold_seed)
+    if config.labels == "soft" and config.optim.loss != "ce":
+        raise ValueError(f"labels: soft trains with a binary cross-entropy; optim.loss {config.optim.loss!r} "
+                         "takes majority labels only")
+    data = _FoldData(torch.from_numpy(images), torch.from_numpy(labels_of(samples)),
+                     torch.from_numpy(targets_of(samples, config.labels)),
+                     train_index, val_index, fold_seed)
     steps_per_epoch = len(train_index) // config.optim.batch_size
     if steps_per_epoch < distributed.world:
         raise ValueError(f"fold {fold}: {len(train_index)} training samples, fewer than one batch per process")
