@@ -59,7 +59,10 @@ def test_model_json_describes_the_graph(exported):
     assert [o.name for o in graph.graph.output] == [spec["output"]["name"]] == ["p_atypical"]
     assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert len(spec["members"]) == 2 and spec["tta_views"] == ["identity", "vflip"]
-    assert spec["threshold"] == pytest.approx(json.loads((run_dir / "results.json").read_text())["oof"]["threshold"])
+    run_oof = json.loads((run_dir / "results.json").read_text())["oof"]["at_threshold"]
+    # chosen on the calibrated probabilities: a monotone map of the run's, so the same classes
+    assert spec["metrics"]["oof"]["at_threshold"]["balanced_accuracy"] == pytest.approx(run_oof["balanced_accuracy"])
+    assert spec["metrics"]["oof"]["at_threshold"]["roc_auc"] == pytest.approx(run_oof["roc_auc"])
     assert spec["metrics"]["export_parity_max_abs_difference"] < 1e-4
     # the exporter's per-node debug records (source stack traces, with the exporting machine's paths) are gone
     assert not [node.name for node in graph.graph.node if node.metadata_props]
@@ -83,7 +86,9 @@ def test_process_py_gives_the_torch_ensemble_probabilities(exported, make_case, 
     from training.ensemble import EnsembleClassifier, Preprocess
 
     members = [load_member(run_dir / f"fold_{k}") for k in (0, 1)]
-    ensemble = EnsembleClassifier([m[0] for m in members], [Preprocess.from_args(m[1]) for m in members]).eval()
+    temperature = json.loads((model_dir / "model.json").read_text())["calibration"]["temperature"]
+    ensemble = EnsembleClassifier([m[0] for m in members], [Preprocess.from_args(m[1]) for m in members],
+                                  temperature=temperature).eval()
     with torch.no_grad():
         expected = ensemble(torch.from_numpy(pages)).numpy()
     threshold = json.loads((model_dir / "model.json").read_text())["threshold"]
@@ -213,3 +218,15 @@ def test_evaluate_refuses_samples_from_slides_the_members_trained_on(exported, t
     assert training_cli(held_out) == 0
     metrics = json.loads((tmp_path / "f0" / "metrics.json").read_text())
     assert metrics["held_out"].startswith("proven") and metrics["n"] == len(split["folds"][0]["val_ids"])
+
+
+def test_export_puts_a_fitted_temperature_in_the_graph_unless_told_not_to(exported, tmp_path):
+    run_dir, model_dir = exported
+    calibration = json.loads((model_dir / "model.json").read_text())["calibration"]
+    assert calibration["temperature"] > 0 and calibration["fitted_on"] == "pooled out-of-fold scores, n = 48"
+    assert 0 <= calibration["ece_after"] <= 1 and 0 <= calibration["ece_before"] <= 1
+    assert (run_dir / "calibration_tiny.png").stat().st_size > 0
+    plain = tmp_path / "plain"
+    assert training_cli(["export", str(run_dir), "--out", str(plain), "--name", "plain", "--no-calibration"]) == 0
+    assert json.loads((plain / "model.json").read_text())["calibration"] == {"temperature": 1.0,
+                                                                               "fitted_on": "not calibrated"}

@@ -89,7 +89,7 @@ def export_entry(args) -> int:
 
     views = DIHEDRAL_VIEWS if args.dihedral else args.views
     export_model(_fold_folders(args.runs), args.out, name=args.name, views=views, data_root=args.data_root,
-                 fp16=args.fp16)
+                 fp16=args.fp16, calibration=not args.no_calibration)
     return 0
 
 
@@ -252,6 +252,8 @@ def _add_export_command(commands) -> None:
     export.add_argument("--views", nargs="+", default=None,
                         help="test-time views (default: the training config's, identity + vflip as the seed paper)")
     export.add_argument("--dihedral", action="store_true", help="use all eight flips/rotations as test-time views")
+    export.add_argument("--no-calibration", action="store_true",
+                        help="no temperature in the graph (default: one fitted on the pooled out-of-fold scores)")
     export.add_argument("--fp16", action="store_true",
                         help="float16 weights and arithmetic, for GPUs (checked against PyTorch to 1e-2)")
     export.add_argument("--data-root", help="dataset folder for the parity check, overriding the config's")

@@ -23,11 +23,13 @@ from safetensors.torch import load_file
 
 from inference.errors import InputError
 from inference.model import load_model, sha256_of
+from training.calibration import calibrated, expected_calibration_error, fit_temperature
 from training.config import ExperimentConfig, config_from_dict
 from training.crossval import oof_metrics, pool_rows
 from training.data import CLASSES, PATCH_SIZE, load_images, read_dataset
 from training.ensemble import EnsembleClassifier, Preprocess
 from training.models import create_classifier
+from training.plots import plot_calibration
 from training.splits import fold_fingerprint, fold_indices, load_split, slide_digest, split_fingerprint
 from training.torch_compat import import_timm
 from training.train import predict_scores, read_oof
@@ -188,7 +190,8 @@ def _model_json(name, onnx_path, threshold, views, members, metrics, training) -
         "output": {"name": "p_atypical"},
         "classes": list(CLASSES),
         "threshold": threshold,
-        "threshold_rule": "maximises balanced accuracy of the members' pooled out-of-fold predictions",
+        "threshold_rule": "maximises balanced accuracy of the members' pooled out-of-fold predictions, as the "
+                          "graph computes them (views, temperature)",
         "tta_views": list(views),
         "members": members,
         "training": training,
@@ -220,19 +223,46 @@ def _install(staging: Path, out_dir: Path) -> None:
         shutil.move(str(new), out_dir / new.name)
 
 
+def calibrate(pooled: dict[str, dict], plot_path: Path | None) -> tuple[float, dict]:
+    """Fit the temperature on pooled out-of-fold scores; set each row's probability to the calibrated one.
+
+    Returns (temperature, what model.json records); with `plot_path`, a reliability plot before/after.
+    """
+    rows = list(pooled.values())
+    scores, labels = np.array([r["score"] for r in rows]), np.array([r["label"] for r in rows])
+    temperature = fit_temperature(scores, labels)
+    before, after = calibrated(scores, 1.0), calibrated(scores, temperature)
+    for row, probability in zip(rows, after):
+        row["probability"] = float(probability)
+    record = {"temperature": temperature, "fitted_on": f"pooled out-of-fold scores, n = {len(rows)}",
+              "ece_before": expected_calibration_error(labels, before),
+              "ece_after": expected_calibration_error(labels, after)}
+    if plot_path is not None:
+        plot_calibration(labels, before, after, temperature, plot_path)
+    return temperature, record
+
+
 def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_root: str | None = None,
-                 fp16: bool = False) -> dict:
-    """Export `fold_folders` as one ensemble into `out_dir`; returns the model.json content."""
+                 fp16: bool = False, calibration: bool = True) -> dict:
+    """Export `fold_folders` as one ensemble into `out_dir`; returns the model.json content.
+
+    With `calibration`, a temperature fitted on the pooled out-of-fold scores goes inside the
+    graph, and the threshold and metrics are those of the calibrated probabilities; a reliability
+    plot before/after is written to the first member's run folder as calibration_<name>.png.
+    """
     started = time.perf_counter()
     members = [load_member(folder) for folder in fold_folders]
     if not members:
         raise ExportError("no fold folders given")
     first_config = members[0][2]
     views = list(views or first_config.tta_views)
-    ensemble = EnsembleClassifier([m[0] for m in members], [Preprocess.from_args(m[1]) for m in members], views).eval()
     samples = read_dataset(first_config.data.kind, data_root or first_config.data.root, slides=first_config.data.slides)
-    oof = oof_metrics(oof_for_views(fold_folders, members, samples, views,
-                                    spacing_um=first_config.data.slides_spacing_um), samples)
+    pooled = oof_for_views(fold_folders, members, samples, views, spacing_um=first_config.data.slides_spacing_um)
+    temperature, calibration_record = (calibrate(pooled, Path(fold_folders[0]).parent / f"calibration_{name}.png")
+                                       if calibration else (1.0, None))
+    oof = oof_metrics(pooled, samples)
+    ensemble = EnsembleClassifier([m[0] for m in members], [Preprocess.from_args(m[1]) for m in members], views,
+                                  temperature=temperature).eval()
     out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".export-") as scratch:
@@ -253,6 +283,7 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
         metrics = {"oof": oof, "oof_views": list(views), "export_parity_max_abs_difference": difference}
         spec = _model_json(name, onnx_path, oof["threshold"], views, member_info, metrics, training)
         spec["precision"] = "float16" if fp16 else "float32"
+        spec["calibration"] = calibration_record or {"temperature": 1.0, "fitted_on": "not calibrated"}
         spec["confidence"] = "p_atypical"  # the Track 2 contract; the container refuses any other value
         (staging / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
         _check_the_container_accepts(staging)

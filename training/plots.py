@@ -147,3 +147,17 @@ def save_figure(figure, path: Path) -> None:
     """Lay out and write a figure as PNG."""
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+
+
+def plot_calibration(labels, before, after, temperature: float, path: Path) -> None:
+    """Reliability before and after temperature scaling: observed share atypical per bin of predicted P."""
+    figure = Figure(figsize=(5, 5))
+    axes = figure.subplots()
+    for probabilities, label in ((before, "as trained"), (after, f"temperature {temperature:.2f}")):
+        observed, predicted = calibration_curve(labels, probabilities, n_bins=10, strategy="quantile")
+        axes.plot(predicted, observed, "o-", label=label)
+    axes.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    axes.set(xlabel="predicted P(atypical), per decile", ylabel="observed share atypical",
+             title="Calibration, out of fold", xlim=(0, 1), ylim=(0, 1))
+    axes.legend(loc="upper left", fontsize=8)
+    save_figure(figure, path)
