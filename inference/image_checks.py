@@ -81,16 +81,17 @@ class TiffStructure:
     def pages(self) -> int:
         """Full-resolution pages in the chain; raises DamagedImage where the structure is broken."""
         directories: list[tuple[int, dict]] = []  # (byte offset, tag -> entry) per page, in chain order
+        page_of: dict[int, int] = {}  # byte offset -> page, to see a chain that loops
         offset = self._offset(8 if self.big else 4)
         while offset:
-            starts = [start for start, _ in directories]
-            if offset in starts:
-                raise DamagedImage(f"TIFF page chain loops back to page {starts.index(offset)} after page "
-                                   f"{len(starts) - 1}: the file is damaged")
+            if offset in page_of:
+                raise DamagedImage(f"TIFF page chain loops back to page {page_of[offset]} after page "
+                                   f"{len(directories) - 1}: the file is damaged")
             if offset >= len(self.data):
-                raise DamagedImage(f"TIFF page {len(starts)} would start at byte {offset}, past the end of the "
+                raise DamagedImage(f"TIFF page {len(directories)} would start at byte {offset}, past the end of the "
                                    f"{len(self.data)}-byte file: the file is truncated or its page chain is broken")
-            entries, next_offset = self._directory(offset, page=len(starts))
+            entries, next_offset = self._directory(offset, page=len(directories))
+            page_of[offset] = len(directories)
             directories.append((offset, entries))
             offset = next_offset
         if not directories:
