@@ -75,10 +75,12 @@ def main(argv=None) -> int:
         size_mb = sum(path.stat().st_size for path in model_dir.glob("*.onnx")) / 1e6
         phase = {key: median([run[key] for run in runs[name]]) for key in ("load", "infer", "total")}
         rows.append([name, f"{size_mb:.0f}", ms(phase["load"]), ms(phase["infer"]), ms(phase["total"]),
-                     ms(min(run["total"] for run in runs[name]))])
+                     ms(min(run["total"] for run in runs[name])),
+                     f"{max(run['peak_mb'] for run in runs[name]):.0f}"])
     report("paper_ensemble", f"process.py per 16-page stack on the CPU, cold ({args.runs} fresh processes each, "
            "interleaved)",
-           ["model", "graph MB", "load ms", "infer ms", "**spawn -> exit ms**", "min total ms"], rows, state=state,
+           ["model", "graph MB", "load ms", "infer ms", "**spawn -> exit ms**", "min total ms", "peak resident MB"],
+           rows, state=state,
            notes=["Medians. load: model.json, sha256 and the ONNX Runtime session; infer: fitting the pages and the "
                   "graph (16 pages x views x members). The paper-size members carry random weights: timing only."])
     return 0

@@ -11,6 +11,7 @@ of that git revision run interleaved with the current ones, as a before/after.
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,32 +24,41 @@ from benchmarks.common import MODEL_DIR, ROOT, median, ms, report
 SAMPLE_STACK = ROOT / "test" / "input"  # 16 pages of 128x128, as the official stacks, laid out as the platform does
 # The same stack under its upload name: revisions before the platform layout was read only find it so.
 HAND_NAMED_STACK = ROOT / "test" / "hand-named" / "input"
+TIMINGS_PREFIX = "process: timings "
 
 
 def sample_case(baseline: str | None) -> Path:
     """The case to time: the platform-laid-out stack, or with a baseline the hand-named one both revisions read."""
     return HAND_NAMED_STACK if baseline else SAMPLE_STACK
-TIMINGS_PREFIX = "process: timings "
 
 
-def spawn(command: list[str], cwd: Path) -> tuple[float, float, str]:
-    """(Unix time at spawn, at exit, stderr) of one run; raises when it fails."""
-    started = time.time()
-    completed = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
-    ended = time.time()
-    if completed.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({completed.returncode}): {completed.stderr[-2000:]}")
-    return started, ended, completed.stderr
+def spawn(command: list[str], cwd: Path) -> tuple[float, float, str, float]:
+    """(Unix time at spawn, at exit, stderr, peak resident MB) of one run; raises when it fails.
+
+    The child is reaped with os.wait4, whose resource usage is that child's alone (Linux reports
+    ru_maxrss in KiB).
+    """
+    with tempfile.TemporaryFile() as stderr_file:
+        started = time.time()
+        child = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr_file)
+        _, status, usage = os.wait4(child.pid, 0)
+        ended = time.time()
+        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+        stderr_file.seek(0)
+        stderr = stderr_file.read().decode(errors="replace")
+    if child.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({child.returncode}): {stderr[-2000:]}")
+    return started, ended, stderr, usage.ru_maxrss / 1024
 
 
 def run_process(python: str, script: Path, *, input_dir: Path, model_dir: Path, timings: bool) -> dict:
     """One cold run of process.py; its total and, with --timings, its phases (seconds)."""
     with tempfile.TemporaryDirectory() as output_dir:
         command = [python, str(script), "--input", str(input_dir), "--output", output_dir, "--model", str(model_dir)]
-        started, ended, stderr = spawn(command + (["--timings"] if timings else []), cwd=script.parent)
+        started, ended, stderr, peak_mb = spawn(command + (["--timings"] if timings else []), cwd=script.parent)
         if not any(Path(output_dir).iterdir()):
             raise RuntimeError(f"{script} wrote nothing")
-    result = {"total": ended - started}
+    result = {"total": ended - started, "peak_mb": peak_mb}
     lines = [line for line in stderr.splitlines() if line.startswith(TIMINGS_PREFIX)]
     if timings and lines:
         phases = json.loads(lines[-1].removeprefix(TIMINGS_PREFIX))
@@ -75,7 +85,7 @@ def baseline_folder(revision: str, into: Path) -> Path:
 
 def interpreter_seconds(python: str) -> float:
     """Spawn to exit of a Python that does nothing."""
-    started, ended, _ = spawn([python, "-c", "pass"], cwd=ROOT)
+    started, ended, _, _ = spawn([python, "-c", "pass"], cwd=ROOT)
     return ended - started
 
 
@@ -139,7 +149,10 @@ def main(argv=None) -> int:
            packages=("onnxruntime", "numpy", "SimpleITK"),
            notes=["Phases inside main() are process.py's own `--timings`; the rest of main() (arguments, "
                   "inputs.json, log lines) is not listed. Each phase's median is over its own runs, so the "
-                  "medians need not add up to the total's."])
+                  "medians need not add up to the total's.",
+                  f"Peak resident memory of process.py (os.wait4's ru_maxrss): median "
+                  f"{median([run['peak_mb'] for run in runs]):.0f} MB, max {max(run['peak_mb'] for run in runs):.0f} "
+                  "MB."])
     return 0
 
 

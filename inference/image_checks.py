@@ -13,6 +13,7 @@ so damage inside them cannot be seen by anyone and is not looked for.
 Standard library only (struct, zlib), so that the container keeps its dependencies.
 """
 
+import mmap
 import struct
 import zlib
 from pathlib import Path
@@ -49,13 +50,25 @@ def check_decoded_size(decoded_bytes: int, shape: str) -> None:
 
 
 def expected_pages(path: Path) -> int | None:
-    """Pages a TIFF or MetaImage file holds, its structure checked; None for other formats."""
-    data = Path(path).read_bytes()
+    """Pages a TIFF or MetaImage file holds, its structure checked; None for other formats.
+
+    The file is mapped, not read: only the structure it walks is paged in (SimpleITK reads the
+    pixels afterwards), so a large region of interest is not held twice in memory.
+    """
+    data = mapped(Path(path))
     if data[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
         return TiffStructure(data).pages()
-    if data.lstrip()[:10].lower().startswith((b"objecttype", b"ndims")):
+    if data[:64].lstrip()[:10].lower().startswith((b"objecttype", b"ndims")):
         return metaimage_pages(data)
     return None
+
+
+def mapped(path: Path) -> bytes | mmap.mmap:
+    """The file's bytes as a read-only memory map (b"" for an empty file, which cannot be mapped)."""
+    with path.open("rb") as handle:
+        if path.stat().st_size == 0:
+            return b""
+        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)  # keeps its own handle; closed when freed
 
 
 class TiffStructure:
@@ -237,8 +250,8 @@ def metaimage_pages(data: bytes) -> int:
 
 def inflated_size(stream: memoryview) -> int:
     """Bytes that zlib stream(s) inflate to; raises DamagedImage when a stream is damaged or cut short."""
-    total, remaining = 0, bytes(stream)
-    while remaining:
+    total, remaining = 0, stream
+    while len(remaining):
         inflater = zlib.decompressobj()
         try:
             chunk = inflater.decompress(remaining, INFLATE_CHUNK)

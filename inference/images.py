@@ -66,23 +66,27 @@ def to_rgb(pages: np.ndarray, *, path: Path) -> np.ndarray:
     raise InputError(f"{path}: {channels} channels per pixel; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
 
 
-def expected_pages(path: Path) -> int | None:
-    """The pages `path` holds by its structure (image_checks), its damage as an InputError."""
+def open_image(path: Path) -> tuple[sitk.Image, int | None]:
+    """The image SimpleITK reads from `path`, and the pages its structure says it holds (image_checks).
+
+    The structure is checked first: damage ends here as an InputError, before SimpleITK can hang
+    on it or return fewer pages.
+    """
     try:
-        return image_checks.expected_pages(path)
+        expected = image_checks.expected_pages(path)
     except image_checks.DamagedImage as error:
         raise InputError(f"damaged image {path}: {error}") from error
     except OSError as error:
         raise InputError(f"cannot read image {path}: {error.strerror}") from error
+    try:
+        return sitk.ReadImage(str(path)), expected
+    except RuntimeError as error:
+        raise InputError(f"cannot read image {path}: {sitk_reason(error)}") from error
 
 
 def read_stack(*, path: Path) -> np.ndarray:
     """Every page of a stack as (N, H, W, 3) uint8, in page order; all the pages the file holds, or an error."""
-    expected = expected_pages(path)
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        raise InputError(f"cannot read image {path}: {sitk_reason(error)}") from error
+    image, expected = open_image(path)
     if image.GetDimension() not in (2, 3):
         raise InputError(f"{path}: a {image.GetDimension()}-D image; expected pages of a 2-D or 3-D stack")
     pages = sitk.GetArrayFromImage(image)  # (N, H, W[, C]) or (H, W[, C]) for a single page
@@ -124,13 +128,9 @@ class Geometry:
 
 def read_roi(*, path: Path) -> tuple[np.ndarray, Geometry]:
     """A whole region-of-interest image as (H, W, 3) uint8, and where its pixels lie."""
-    expected = expected_pages(path)
+    image, expected = open_image(path)
     if expected not in (None, 1):
         raise InputError(f"{path}: a stack of {expected} pages; expected one 2-D region of interest")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        raise InputError(f"cannot read image {path}: {sitk_reason(error)}") from error
     dimension, size = image.GetDimension(), image.GetSize()
     if not (dimension == 2 or (dimension == 3 and size[2] == 1)):
         raise InputError(f"{path}: a {dimension}-D image of size {size}; expected one 2-D region of interest")

@@ -3,14 +3,12 @@
 Grand-challenge fails a whole evaluation when one result has fewer entries than its ground truth.
 Each test damages a file it writes itself the way files get damaged (cut short, a page link
 zeroed, pointed past the end, into pixel data or back at an earlier page, compressed data
-overwritten) and runs process.py in a subprocess with a time limit, since some damage makes
-SimpleITK loop for ever.
+overwritten) and runs process.py in a subprocess with test_process's time limit, since some damage
+makes SimpleITK loop for ever.
 """
 
 import json
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -22,16 +20,10 @@ import tifffile
 from inference import image_checks
 from tests.conftest import STACK_SLUG, only_file, platform_file_name
 from tests.test_points import ROI_FOLDER, image_socket, multiple_points, points_socket, roi_image, to_mm
-from tests.test_process import OUTPUT_NAME, assert_failed, brightness_pages
+from tests.test_process import OUTPUT_NAME, assert_failed, brightness_pages, run_process
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = brightness_pages(np.linspace(40, 220, 16).astype(int))
-
-
-def run_process(input_dir: Path, output_dir: Path, model_dir: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(REPO / "process.py"), "--input", str(input_dir), "--output", str(output_dir),
-               "--model", str(model_dir)]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=30)
 
 
 def next_link_position(path: Path, page: int) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.contract import STACK_OUTPUT, STACK_SLUG
+from inference.contract import CLASSES, STACK_OUTPUT, STACK_SLUG
 from inference.errors import Stopwatch
 from inference.images import fit_pages
 from inference.model import load_model, predict
@@ -38,7 +38,7 @@ from training.plots import plot_evaluation
 from training.splits import fold_fingerprint, slide_digest
 from training.statistics import bootstrap_intervals, evaluator_aggregates
 
-CLASS_IDS = {"normal": 0, "atypical": 1}
+CLASS_IDS = {name: index for index, name in enumerate(CLASSES)}  # the evaluator's ids: normal 0, atypical 1
 
 
 def metrics_document(labels, entries: list[dict], probabilities, domains, model) -> dict:

@@ -25,7 +25,7 @@ from inference.errors import InputError
 from inference.model import load_model, sha256_of
 from training.calibration import calibrated, expected_calibration_error, fit_temperature
 from training.config import ExperimentConfig, config_from_dict
-from training.crossval import oof_metrics, pool_rows
+from training.crossval import check_finished_fold, oof_metrics, pool_rows
 from training.data import CLASSES, PATCH_SIZE, load_images, read_dataset
 from training.ensemble import EnsembleClassifier, Preprocess
 from training.models import create_classifier
@@ -108,32 +108,43 @@ def _drop_debug_records(model: onnx.ModelProto) -> None:
             del node.metadata_props[:]
 
 
-def _member_info(fold_dir: Path, args: dict) -> dict:
+def member_split(fold_dir: Path) -> tuple[int | str, dict | None]:
+    """A member's fold and the split its run trained on (None when the run has no split.json).
+
+    The split is checked as resuming checks it (crossval.check_finished_fold): a split.json that
+    does not match what the fold held out is refused, not recorded.
+    """
+    fold = json.loads((fold_dir / "summary.json").read_text())["fold"]
+    split_file = fold_dir.parent / "split.json"
+    if not split_file.is_file():
+        return fold, None
+    split = load_split(split_file)
+    try:
+        check_finished_fold(fold_dir, split, fold)
+    except ValueError as error:
+        raise ExportError(str(error)) from error
+    return fold, split
+
+
+def _member_info(fold_dir: Path, args: dict, fold, split: dict | None) -> dict:
     """What model.json says of a member, with the fingerprints of the split and fold it held out.
 
     evaluate refuses to score a fold with members that did not hold out exactly that fold.
     """
-    summary = json.loads((fold_dir / "summary.json").read_text())
-    fold, fold_sha256, split_sha256 = summary["fold"], summary.get("fold_sha256"), summary.get("split_sha256")
-    split_file = fold_dir.parent / "split.json"
-    if split_sha256 is None and split_file.is_file():  # a fold finished before summaries recorded them
-        split = load_split(split_file)
-        split_sha256 = split_fingerprint(split)
-        fold_sha256 = fold_fingerprint(split, fold) if fold != "all" else None
-    return {"backbone": args["backbone"], "fold": fold, "fold_sha256": fold_sha256, "split_sha256": split_sha256,
+    return {"backbone": args["backbone"], "fold": fold,
+            "fold_sha256": fold_fingerprint(split, fold) if split is not None and fold != "all" else None,
+            "split_sha256": split_fingerprint(split) if split is not None else None,
             "mean": args["mean"], "std": args["std"], "crop": args.get("crop"),
             "checkpoint_sha256": sha256_of(fold_dir / "model.safetensors")}
 
 
-def training_slide_digests(fold_folders, samples) -> list[str] | None:
-    """slide_digest of every slide any member trained on (its run's split.json and fold); None if unknown."""
+def training_slide_digests(member_splits, samples) -> list[str] | None:
+    """slide_digest of every slide any member trained on, from (fold, split) pairs; None if a split is unknown."""
     slides = set()
-    for folder in map(Path, fold_folders):
-        split_file = folder.parent / "split.json"
-        if not split_file.is_file():
+    for fold, split in member_splits:
+        if split is None:
             return None
-        fold = json.loads((folder / "summary.json").read_text())["fold"]
-        train_index, _ = fold_indices(load_split(split_file), samples, fold)
+        train_index, _ = fold_indices(split, samples, fold)
         slides |= {samples[i].slide for i in train_index if not samples[i].synthetic}
     return sorted(slide_digest(slide) for slide in slides)
 
@@ -254,6 +265,7 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
     members = [load_member(folder) for folder in fold_folders]
     if not members:
         raise ExportError("no fold folders given")
+    splits = [member_split(Path(folder)) for folder in fold_folders]  # checked before any work is done
     first_config = members[0][2]
     views = list(views or first_config.tta_views)
     samples = read_dataset(first_config.data.kind, data_root or first_config.data.root, slides=first_config.data.slides)
@@ -274,12 +286,13 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
         if fp16:
             to_float16(onnx_path)
             difference = check_parity(ensemble, onnx_path, parity_patches, tolerance=FP16_TOLERANCE)
-        member_info = [_member_info(Path(folder), args) for folder, (_, args, _) in zip(fold_folders, members)]
+        member_info = [_member_info(Path(folder), args, fold, split)
+                       for folder, (_, args, _), (fold, split) in zip(fold_folders, members, splits)]
         training = {"dataset": first_config.data.kind, "n_samples": len(samples),
                     "n_atypical": int(sum(s.label for s in samples)), "n_slides": len({s.slide for s in samples}),
                     "split": _split_description(first_config.split), "configs": sorted({m[2].name for m in members}),
                     "backbones": sorted({m[1]["backbone"] for m in members}),
-                    "slide_digests": training_slide_digests(fold_folders, samples)}
+                    "slide_digests": training_slide_digests(splits, samples)}
         metrics = {"oof": oof, "oof_views": list(views), "export_parity_max_abs_difference": difference}
         spec = _model_json(name, onnx_path, oof["threshold"], views, member_info, metrics, training)
         spec["precision"] = "float16" if fp16 else "float32"

@@ -390,16 +390,16 @@ def train_fold(config: ExperimentConfig, samples: list[Sample], images: np.ndarr
     if distributed.main:
         save_config(config, out_dir / "config.yaml")
         (out_dir / "model_args.json").write_text(json.dumps(trainer.args, indent=2) + "\n")
-    resume = _load_resume(out_dir, trainer, generator, config, split_fingerprint(split))
-    best, history = _run_epochs(trainer, data, generator, out_dir, resume, distributed, show_progress,
-                                split_fingerprint(split))
+    split_sha256 = split_fingerprint(split)
+    resume = _load_resume(out_dir, trainer, generator, config, split_sha256)
+    best, history = _run_epochs(trainer, data, generator, out_dir, resume, distributed, show_progress, split_sha256)
     if not distributed.main:
         return {}
     save_file({k: v.contiguous().cpu() for k, v in trainer.evaluated.state_dict().items()},
               str(out_dir / "model.safetensors"), metadata={"model_args": json.dumps(trainer.args)})
     summary = _summary(config, fold, data, device, distributed, history, best)
     summary["fold_sha256"] = fold_fingerprint(split, fold) if fold != "all" else None
-    summary["split_sha256"] = split_fingerprint(split)
+    summary["split_sha256"] = split_sha256
     summary["n_train_synthetic"] = int(sum(samples[i].synthetic for i in train_index))
     if len(val_index):
         summary.update(_write_oof(trainer, samples, data, fold, out_dir))
