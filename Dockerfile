@@ -56,6 +56,9 @@ COPY --from=venv /opt/venv /opt/venv
 WORKDIR /opt/app
 COPY process.py /opt/app/
 COPY inference/ /opt/app/inference/
+# Compiled once here: the container runs with PYTHONDONTWRITEBYTECODE and a read-only file system,
+# so without these .pyc files every job would compile the package again (~25 ms of each start).
+RUN /opt/venv/bin/python -m compileall -q /opt/app/inference
 COPY model/ /opt/app/model/
 
 # A named user as in grand-challenge's algorithm template; its id comes from useradd -r inside the

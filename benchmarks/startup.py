@@ -36,7 +36,8 @@ def spawn(command: list[str], cwd: Path) -> tuple[float, float, str, float]:
     """(Unix time at spawn, at exit, stderr, peak resident MB) of one run; raises when it fails.
 
     The child is reaped with os.wait4, whose resource usage is that child's alone (Linux reports
-    ru_maxrss in KiB).
+    ru_maxrss in KiB). Linux carries the memory the child had between fork and exec, i.e. its
+    parent's, into that peak: keep the measuring process small (this module imports no torch).
     """
     with tempfile.TemporaryFile() as stderr_file:
         started = time.time()
@@ -98,7 +99,7 @@ def import_seconds(python: str) -> float:
 
 PHASES = [  # (key, what it is)
     ("interpreter", "Python start-up and exit alone (`python -c pass`)"),
-    ("imports", "import process.py: numpy, onnxruntime, SimpleITK, crops (timed inside a fresh process)"),
+    ("imports", "import process.py: numpy, onnxruntime, SimpleITK, the inference package (timed inside a fresh process)"),
     ("before_main", "spawn -> main() entered: interpreter start-up + imports"),
     ("load", "model: model.json, sha256, ONNX Runtime session"),
     ("read", "image read (SimpleITK)"),

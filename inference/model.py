@@ -144,7 +144,7 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 def create_session(onnx_path: Path) -> ort.InferenceSession:
     """An ONNX Runtime session on CUDA when a GPU and this onnxruntime build allow it, else on the CPU.
 
-    A CUDA session that cannot be created (a driver too old for the CUDA 13 libraries, say) falls
+    A CUDA session that cannot be created (a driver too old for the CUDA 12 libraries, say) falls
     back to the CPU with a log line rather than failing the case.
     """
     options = session_options()
