@@ -23,8 +23,8 @@ def make_patch(rng: np.random.Generator, atypical: bool, size: int = 128) -> np.
     return patch.clip(0, 255).astype(np.uint8)
 
 
-def write_amibr(root: Path, *, n_slides: int = 8, per_slide: int = 6, seed: int = 0) -> Path:
-    """Write the dataset under `root`; every slide holds both classes. Returns root."""
+def write_amibr(root: Path, *, n_slides: int = 8, per_slide: int = 6, seed: int = 0, size: int = 128) -> Path:
+    """Write the dataset (size x size patches) under `root`; every slide holds both classes. Returns root."""
     rng = np.random.default_rng(seed)
     root = Path(root)
     for label in ("atypical", "normal"):
@@ -34,7 +34,7 @@ def write_amibr(root: Path, *, n_slides: int = 8, per_slide: int = 6, seed: int 
         dataset = "MIDOG21" if slide % 2 else "TUPAC16"
         for index in range(per_slide):
             atypical = index % 3 == 0
-            Image.fromarray(make_patch(rng, atypical)).save(
+            Image.fromarray(make_patch(rng, atypical, size)).save(
                 root / "patches" / ("atypical" if atypical else "normal") / f"{dataset}_{uid}.png")
             rows.append([uid, f"slide_{slide:02d}.tif", dataset, uid, 100, 100, "x", "x",
                          atypical, atypical, atypical, atypical])

@@ -23,9 +23,10 @@ from training.synth.cli import add_synth_commands
 from training.synth.config import synth_config_from_dict
 from training.synth.diffusion import create_diffusion
 from training.synth.networks import DIT_VARIANTS, create_dit, create_vae, dit_args
-from training.synth.quality import frechet_distance
+from training.synth.quality import frechet_distance, memorisation, nearest_distances
 from training.synth.run import load_run, open_run
-from training.synth.sample import balance_count, default_options, write_samples
+from training.synth.sample import balance_count, default_options, load_generator, write_samples
+from training.splits import make_split, save_split
 
 TRAIN = {"steps": 6, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "log_every": 2, "checkpoint_every": 2,
          "ema_decay": 0.99}
@@ -225,7 +226,34 @@ def test_quality_report_compares_with_held_out_patches_and_writes_a_synthetic_on
     assert (out_dir / "samples_normal" / "manifest.csv").is_file()  # the balance set holds atypical only
     for name in ("quality.md", "gallery.png", "gallery_synthetic.png"):
         assert (out_dir / name).stat().st_size > 0
-    assert "quality: fold 0" in capsys.readouterr().out
+    assert 0 <= report["class_effect_auroc"] <= 1 and 0 <= report["class_effect_auroc_real_validation"] <= 1
+    assert 0 <= atypical["memorisation"]["share_closer_than_real_p05"] <= 1
+    assert "class effect AUROC" in capsys.readouterr().out
+
+    out = workspace["base"] / "summary.json"
+    assert training_cli(["synth", "summary", str(workspace["generator"]), "--fold", "0", "--out", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["config"] == "tiny" and summary["command"].startswith("python -m training synth summary")
+    row = summary["folds"][0]
+    assert row["fold"] == 0 and row["class_effect_auroc"] == report["class_effect_auroc"]
+    assert row["real_vs_synthetic_auroc"] == max(atypical["two_sample_auroc"], normal["two_sample_auroc"])
+    assert (row["fid_atypical"], row["fid_reference_normal"]) == (
+        atypical["frechet_distance"], normal["frechet_distance_real_reference"])
+    capsys.readouterr()
+    assert training_cli(["synth", "summary", str(workspace["generator"]), "--fold", "1", "--out", str(out)]) != 0
+    assert "run `python -m training synth quality" in capsys.readouterr().err
+
+
+def test_memorisation_shows_a_generator_that_returns_its_training_set():
+    rng = np.random.default_rng(0)
+    training, validation = rng.normal(size=(300, 8)), rng.normal(size=(100, 8))
+    copies = training[:100] + rng.normal(scale=1e-3, size=(100, 8))
+    assert memorisation(copies, validation, training)["share_closer_than_real_p05"] == 1.0
+    fresh = memorisation(rng.normal(size=(400, 8)), validation, training)
+    assert fresh["share_closer_than_real_p05"] < 0.15
+    assert abs(fresh["median_nearest_training_distance_synthetic"]
+               - fresh["median_nearest_training_distance_real_validation"]) < 0.3
+    assert nearest_distances(np.zeros((1, 2)), np.array([[3.0, 4.0], [6.0, 8.0]])).tolist() == [5.0]
 
 
 def test_synthetic_balanced_crossval_trains_with_the_sampler_output_and_scores_real_patches_only(workspace):
@@ -281,3 +309,66 @@ def test_every_step_explains_its_options_and_hooks_into_the_training_cli(capsys)
     add_synth_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["synth", "sample", "runs/synth/x", "--fold", "0", "--balance"])
     assert args.entry.__name__ == "sample_entry" and args.balance
+
+
+def _class_test_generator(base, label_lr_scale: float):
+    """A generator trained on two classes no one could confuse: a dark or a light disc in a 32 px patch."""
+    root = write_amibr(base / "amibr", n_slides=4, per_slide=12, size=32)
+    train = {"steps": 300, "batch_size": 16, "lr": 1e-3, "warmup_steps": 5, "log_every": 50,
+             "checkpoint_every": 1000, "ema_decay": 0.99}
+    config = synth_config_from_dict({
+        "name": "two-colours", "data": {"kind": "amibr", "root": str(root)}, "image_size": 32, "views": ["identity"],
+        "vae": {"block_out_channels": [8, 16], "norm_num_groups": 4, "crop": 32, "train": {**train, "ema_decay": 0.0}},
+        "dit": {"variant": "DiT-test/2", "label_lr_scale": label_lr_scale}, "diffusion": {"steps": 8},
+        "pretrain": train, "finetune": train, "threads": 1})
+    samples = read_amibr(root)
+    save_split(make_split(samples, n_folds=2, seed=0), base / "split.json")
+    run = open_run(config, base / "gen", base / "split.json")
+    device = torch.device("cpu")
+    trainer_module.train_vae(config, run.fold_dir(0), run.fold_data(0), device, show_progress=False)
+    for stage in ("pretrain", "finetune"):
+        trainer_module.train_dit(config, run.fold_dir(0), run.fold_data(0), stage, device, show_progress=False)
+    return run
+
+
+def test_the_class_label_changes_what_the_generator_draws(tmp_path):
+    # Atypical patches of the fixture have a dark disc in the middle, normal ones a light one (mean
+    # pixel ~47 vs ~143 in the central 8 x 8). Before fine-tuning started the class rows at the null
+    # row and trained them faster, the same noise gave about the same image whatever the class
+    # (gap 1.9 levels in this test; 31 with the fix).
+    run = _class_test_generator(tmp_path, label_lr_scale=30.0)
+    generator = load_generator(run, 0, torch.device("cpu"))
+    seeds = list(range(16))
+    options = default_options(run, guidance=2.0)
+    atypical, normal = (generator.generate(label, seeds, options)[:, 12:20, 12:20].astype(float) for label in (1, 0))
+    brightness_gap = normal.mean(axis=(1, 2, 3)) - atypical.mean(axis=(1, 2, 3))  # per noise seed
+    assert brightness_gap.mean() > 15 and (brightness_gap > 0).mean() >= 0.9
+    tables = generator.model.label_tables()
+    assert tables and all(not torch.equal(t.weight[0], t.weight[1]) for t in tables)
+
+
+def test_fine_tuning_starts_the_classes_at_the_null_class_and_trains_them_faster():
+    model = create_dit(**dit_args("DiT-test/2", 4, 8))
+    tables = model.label_tables()
+    assert len(tables) == DIT_VARIANTS["DiT-test/2"]["depth"] and all(t.weight.shape[0] == 3 for t in tables)
+    model.start_classes_from_null()
+    assert all(torch.equal(t.weight[0], t.weight[2]) and torch.equal(t.weight[1], t.weight[2]) for t in tables)
+    latents, steps = torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+    with torch.no_grad():  # guidance has nothing to amplify yet: conditional = unconditional
+        assert torch.allclose(model.forward_with_cfg(latents, steps, torch.tensor([0, 1]), 4.0),
+                              model(latents, steps, torch.tensor([2, 2])), atol=1e-6)
+    train = synth_config_from_dict({}).finetune
+    optimisation = trainer_module._Optimisation(model, train, faster=[t.weight for t in tables], faster_scale=30.0)
+    rest, labels = optimisation.optimizer.param_groups
+    assert labels["params"] == [t.weight for t in tables] and labels["lr"] == pytest.approx(30 * rest["lr"])
+    assert len(rest["params"]) + len(labels["params"]) == len(list(model.parameters()))
+
+
+def test_a_generator_made_before_the_class_fix_is_refused(workspace, tmp_path):
+    shutil.copytree(workspace["generator"], tmp_path / "gen")
+    provenance = tmp_path / "gen" / "fold_0" / "finetune" / "provenance.json"
+    record = json.loads(provenance.read_text())
+    record.pop("generator_version")
+    provenance.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="generator version 1, this code is version 2"):
+        load_generator(load_run(tmp_path / "gen"), 0, torch.device("cpu"))

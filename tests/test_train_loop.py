@@ -164,6 +164,7 @@ def test_synthetic_images_close_the_class_gap_of_the_training_part_only(tiny_dat
     from tests.amibr_fixture import make_patch
     from training.crossval import synthetic_for_fold
     from training.splits import fold_indices
+    from training.synth.data import write_provenance
 
     root, samples, images, split = tiny_data
     fold_dir = tmp_path / "synth" / "fold_0"
@@ -184,6 +185,13 @@ def test_synthetic_images_close_the_class_gap_of_the_training_part_only(tiny_dat
 
     config = dataclasses.replace(tiny_config(root), synthetic=dataclasses.replace(
         tiny_config(root).synthetic, dir=str(tmp_path / "synth"), ratio=0.5))
+    with pytest.raises(FileNotFoundError, match="record of the generator"):
+        synthetic_for_fold(config, samples, split, 0)
+    (fold_dir / "finetune").mkdir()
+    (fold_dir / "finetune" / "provenance.json").write_text('{"stage": "finetune", "fold": 0}')
+    with pytest.raises(ValueError, match="generator version 1, this code is version"):
+        synthetic_for_fold(config, samples, split, 0)  # drawn before the class label was made to count
+    write_provenance(fold_dir / "finetune", {"stage": "finetune", "fold": 0})
     chosen = synthetic_for_fold(config, samples, split, 0)
     train, _ = fold_indices(split, samples, 0)
     train_labels = [samples[i].label for i in train]

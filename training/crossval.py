@@ -21,6 +21,7 @@ from training.data import labels_of, load_images, read_dataset, read_manifest
 from training.metrics import best_threshold, binary_metrics, cross_validated_threshold_metrics
 from training.report import write_report
 from training.splits import fold_fingerprint, fold_indices, load_split, save_split, split_for, split_fingerprint
+from training.synth.data import PROVENANCE_FILE, check_generator_version
 from training.train import OOF_COLUMNS, read_oof, train_fold
 
 
@@ -90,6 +91,11 @@ def synthetic_for_fold(config: ExperimentConfig, samples, split: dict, fold) -> 
     if not generator_split.is_file() or fold_fingerprint(load_split(generator_split), fold) != fold_fingerprint(split, fold):
         raise ValueError(f"{generator_dir}: its generator for fold {fold} was made on another split, so it may have "
                          f"seen this fold's validation slides; make it with --split <this run's split.json>")
+    made_by = generator_dir / f"fold_{fold}" / "finetune" / PROVENANCE_FILE
+    if not made_by.is_file():
+        raise FileNotFoundError(f"{made_by}: missing; a balance set is only used beside the record of the generator "
+                                f"that drew it")
+    check_generator_version(made_by, json.loads(made_by.read_text()))
     available = [s for s in read_manifest(manifest) if s.label == 1]
     train_index, _ = fold_indices(split, samples, fold)
     counts = np.bincount(labels_of([samples[i] for i in train_index]), minlength=2)

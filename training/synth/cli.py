@@ -2,7 +2,7 @@
 
 Steps, per fold: `train-vae`, `pretrain`, `finetune` (training, resumable), `sample` (a class, or the
 balance set that synthetic-balanced training reads), `quality` (figures against held-out real
-patches), and `all` (every step for a list of folds, skipping what is finished). Each step is an
+patches), `summary` (the folds' quality as one JSON), and `all` (every step for a list of folds, skipping what is finished). Each step is an
 `*_entry(args)` function that parses its arguments into a call of the library.
 """
 
@@ -113,7 +113,23 @@ def quality_entry(args) -> int:
         print(f"quality: fold {fold}: atypical Fréchet distance {atypical['frechet_distance']:.2f} "
               f"(real reference {atypical['frechet_distance_real_reference']:.2f}), two-sample AUROC "
               f"{atypical['two_sample_auroc']:.3f}, called atypical {atypical['share_called_atypical_synthetic']:.3f} "
-              f"(real {atypical['share_called_atypical_real_validation']:.3f}) -> {run.fold_dir(fold) / 'quality'}")
+              f"(real {atypical['share_called_atypical_real_validation']:.3f}), class effect AUROC "
+              f"{report['class_effect_auroc']:.3f} -> {run.fold_dir(fold) / 'quality'}")
+    return 0
+
+
+def summary_entry(args) -> int:
+    from training.synth.quality import quality_summary
+    from training.synth.run import load_run
+
+    run = load_run(args.run)
+    summary = quality_summary(run, _folds(run, args.fold), args.out)
+    for row in summary["folds"]:
+        print(f"summary: fold {row['fold']}: class effect {row['class_effect_auroc']:.3f}, judge calls atypical "
+              f"{row['judge_atypical_share_synthetic_atypical']:.3f} of synthetic atypical and "
+              f"{row['judge_atypical_share_synthetic_normal']:.3f} of synthetic normal, real-vs-synthetic AUROC "
+              f"{row['real_vs_synthetic_auroc']:.3f}")
+    print(f"summary: {args.out}")
     return 0
 
 
@@ -218,6 +234,16 @@ def add_synth_steps(steps) -> None:
     quality.add_argument("--n", type=int, help="synthetic patches per class (default: the config's quality.n_per_class)")
     _add_sampling_arguments(quality)
     quality.set_defaults(entry=quality_entry)
+
+    summary = steps.add_parser("summary", help="the folds' quality reports as one JSON (docs/synthesis_quality.json)",
+                               description="Reads <run>/fold_<k>/quality/quality.json of each fold (made by `quality`) "
+                                           "and writes one object per fold with the class effect, the judge's shares, "
+                                           "two-sample AUROC and Fréchet distances, plus the command that made it.")
+    summary.add_argument("run", type=Path, help="generator run folder")
+    summary.add_argument("--fold", nargs="+", required=True, help="fold numbers to include")
+    summary.add_argument("--out", type=Path, default=Path("docs/synthesis_quality.json"),
+                         help="where to write (default: docs/synthesis_quality.json)")
+    summary.set_defaults(entry=summary_entry)
 
     every = steps.add_parser("all", help="every step for the listed folds, skipping what is finished",
                              description="train-vae, pretrain, finetune, sample --balance and (with --classifier) "

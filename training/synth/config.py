@@ -65,6 +65,11 @@ class DiTConfig:
 
     variant: str = "DiT-T/2"
     class_dropout: float = 0.1  # fine-tuning: share of labels replaced by the null class (for guidance)
+    # fine-tuning: the class embeddings' learning rate as a multiple of the stage's. Under Adam an
+    # embedding row moves about lr per step, while the timestep MLP it is added to grows with its
+    # fan-in: at 1x, after pre-training the timestep term is ~100x the class term and a short
+    # fine-tuning leaves the class without visible effect (docs/synthesis.md, "The class that did nothing").
+    label_lr_scale: float = 30.0
 
 
 @dataclass

@@ -20,6 +20,10 @@ from training.data import Sample, read_dataset
 from training.splits import fold_fingerprint, fold_indices
 
 PROVENANCE_FILE = "provenance.json"
+# What every stage's provenance records as the code that made it; a stage made by another version
+# is refused. 2: fine-tuning starts the class embeddings at the null one and trains them faster
+# (before, version 1 or no field, the class label had no visible effect on the images).
+GENERATOR_VERSION = 2
 
 
 def to_model_range(patches: torch.Tensor) -> torch.Tensor:
@@ -100,8 +104,18 @@ def read_fold_data(config, split: dict, fold: int) -> FoldData:
 
 
 def write_provenance(stage_dir: Path, record: dict) -> None:
-    """Write a stage's provenance.json."""
+    """Write a stage's provenance.json, stamped with this code's GENERATOR_VERSION."""
+    record = {**record, "generator_version": GENERATOR_VERSION}
     (Path(stage_dir) / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def check_generator_version(path: Path, record: dict) -> None:
+    """Refuse a stage (its provenance `record`, read from `path`) made by another version of this code."""
+    version = record.get("generator_version", 1)
+    if version != GENERATOR_VERSION:
+        raise ValueError(f"{path}: made by generator version {version}, this code is version {GENERATOR_VERSION} "
+                         f"(fine-tuning now makes the class label count); delete {Path(path).parent.parent} "
+                         f"and train this fold's generator again")
 
 
 def read_provenance(stage_dir: Path, fold_data: FoldData, stage: str) -> dict:
@@ -111,6 +125,7 @@ def read_provenance(stage_dir: Path, fold_data: FoldData, stage: str) -> dict:
         raise FileNotFoundError(f"{stage_dir}: no finished {stage} stage ({PROVENANCE_FILE} missing); "
                                 f"run `synth {'train-vae' if stage == 'vae' else stage}` for fold {fold_data.fold} first")
     record = json.loads(path.read_text())
+    check_generator_version(path, record)
     if record.get("source") == "pretrained":
         return record  # a VAE from elsewhere, declared disjoint from the evaluation data by the config
     if record.get("fold") != fold_data.fold or record.get("split_fingerprint") != fold_data.fingerprint:

@@ -81,6 +81,22 @@ class ConditionalDiT(nn.Module):
     def null_class(self) -> int:
         return self.num_classes
 
+    def label_tables(self) -> list:
+        """The class-embedding tables (one per block in diffusers' DiT), rows 0..num_classes-1 and null."""
+        from diffusers.models.embeddings import LabelEmbedding
+
+        return [module.embedding_table for module in self.modules() if isinstance(module, LabelEmbedding)]
+
+    @torch.no_grad()
+    def start_classes_from_null(self) -> None:
+        """Set every class row to the null row: the conditional branch starts as the unconditional one.
+
+        After class-agnostic pre-training only the null row has been trained; the class rows still
+        hold their N(0, 0.02) start, noise that guidance would amplify.
+        """
+        for table in self.label_tables():
+            table.weight[:self.num_classes] = table.weight[self.null_class]
+
     def _initialize(self) -> None:
         """DiT's `initialize_weights`: Xavier linears, N(0, 0.02) embeddings, zeroed adaLN and output."""
         from diffusers.models.embeddings import LabelEmbedding, TimestepEmbedding

@@ -10,6 +10,13 @@ the judge is fold k's real-only classifier (trained without them too). Figures, 
   Lopez-Paz & Oquab, ICLR 2017): 0.5 = indistinguishable; again with the real-vs-real reference.
 - The share of synthetic patches the classifier calls atypical at the run's threshold (deployed
   test-time views), next to the same share for real validation patches of that class.
+- Class effect: the judge's ROC AUC between synthetic atypical and synthetic normal patches
+  (0.5: the class label changes nothing the judge sees), beside the same AUC on real validation
+  patches (what the judge can tell at best).
+- Memorisation: each synthetic patch's distance (judge features) to its nearest real training
+  patch, against the same distance for real validation patches; `share_closer_than_real_p05` is
+  the share of synthetic patches nearer to a training patch than 95 % of real validation ones
+  (about 0.05 for a generator that does not copy, near 1 for one that returns its training set).
 - The VAE's reconstruction PSNR on validation patches: the ceiling the latent space sets.
 Written to `<run>/fold_<k>/quality/`: quality.json, quality.md, gallery.png (real and synthetic),
 gallery_synthetic.png (synthetic only: the one that may be published without real data).
@@ -125,8 +132,39 @@ def vae_psnr(run: GeneratorRun, fold: int, patches: np.ndarray, device, n: int =
     return float(torch.cat(psnrs).mean())
 
 
-def _class_figures(judge, real_val, train_samples, synthetic, device, seed) -> dict:
-    """The per-class figures of the module docstring; the reference draws len(synthetic) training patches."""
+def nearest_distances(queries: np.ndarray, pool: np.ndarray, batch: int = 512) -> np.ndarray:
+    """Euclidean distance from each row of `queries` (N, D) to its nearest row of `pool` (M, D)."""
+    pool_norms = (pool ** 2).sum(axis=1)
+    nearest = []
+    for start in range(0, len(queries), batch):
+        chunk = queries[start:start + batch]
+        squared = (chunk ** 2).sum(axis=1)[:, None] - 2 * chunk @ pool.T + pool_norms[None, :]
+        nearest.append(np.sqrt(np.clip(squared.min(axis=1), 0, None)))
+    return np.concatenate(nearest) if nearest else np.zeros(0)
+
+
+def memorisation(synthetic: np.ndarray, real_validation: np.ndarray, training: np.ndarray) -> dict:
+    """Nearest-training-patch distances (features) of synthetic and of real validation patches."""
+    synthetic_nearest = nearest_distances(synthetic, training)
+    real_nearest = nearest_distances(real_validation, training)
+    p05 = float(np.percentile(real_nearest, 5))
+    return {"median_nearest_training_distance_synthetic": float(np.median(synthetic_nearest)),
+            "median_nearest_training_distance_real_validation": float(np.median(real_nearest)),
+            "real_validation_p05": p05, "share_closer_than_real_p05": float((synthetic_nearest < p05).mean())}
+
+
+def _roc_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
+    from training.metrics import roc_auc
+
+    return roc_auc(np.r_[np.ones(len(positives)), np.zeros(len(negatives))], np.r_[positives, negatives])
+
+
+def _class_figures(judge, real_val, train_samples, synthetic, device, seed, training_features) -> dict:
+    """The per-class figures of the module docstring; the reference draws len(synthetic) training patches.
+
+    Also returns the judge's P(atypical) of the synthetic and real patches (keys starting "_"), for
+    the class effect, which compares the two classes.
+    """
     val_features, val_p = judge_patches(judge, real_val, device)
     synthetic_features, synthetic_p = judge_patches(judge, synthetic, device)
     chosen = np.random.default_rng(seed).permutation(len(train_samples))[:len(synthetic)]
@@ -134,6 +172,8 @@ def _class_figures(judge, real_val, train_samples, synthetic, device, seed) -> d
     reference_features, _ = judge_patches(judge, reference, device)
     threshold = judge["threshold"]
     return {
+        "_synthetic_p": synthetic_p, "_real_p": val_p,
+        "memorisation": memorisation(synthetic_features, val_features, training_features),
         "n_real_validation": len(real_val), "n_synthetic": len(synthetic), "n_real_reference": len(reference),
         "frechet_distance": frechet_distance(val_features, synthetic_features),
         "frechet_distance_real_reference": frechet_distance(val_features, reference_features),
@@ -153,19 +193,24 @@ def quality_report(run: GeneratorRun, fold, classifier: Path, *, n_per_class: in
     judge = load_judge(classifier, fold, run.split)
     out_dir = run.fold_dir(fold) / "quality"
     out_dir.mkdir(parents=True, exist_ok=True)
+    training_features, _ = judge_patches(judge, load_images(fold_data.finetune, progress=show_progress), device)
     per_class, gallery = {}, []
     for label, name in enumerate(CLASSES):
         real_val = load_images([s for s in fold_data.validation if s.label == label], progress=show_progress)
         train_samples = [s for s in fold_data.finetune if s.label == label]
         synthetic, settings = _synthetic_set(run, fold, label, n, options, device, show_progress)
-        per_class[name] = {**_class_figures(judge, real_val, train_samples, synthetic, device, run.config.seed),
-                           "sampling": settings}
-        gallery += [(f"real {name}\n(validation)", real_val), (f"synthetic {name}", synthetic)]
+        per_class[name] = {**_class_figures(judge, real_val, train_samples, synthetic, device, run.config.seed,
+                                            training_features), "sampling": settings}
+        # both synthetic rows start column i from the noise of seed i: what differs is the class
+        gallery += [(f"real {name}\n(validation)", real_val), (f"synthetic {name}\n(column = seed)", synthetic)]
+    scores = {name: (figures.pop("_synthetic_p"), figures.pop("_real_p")) for name, figures in per_class.items()}
     report = {
         "fold": fold, "generator": f"{run.config.name}:fold{fold}", "split_fingerprint": fold_data.fingerprint,
         "judge": {k: judge[k] for k in ("fold_dir", "backbone", "threshold", "views")},
         "features": "judge's penultimate layer (forward_head(pre_logits=True)), identity view",
         "vae_psnr_validation_db": vae_psnr(run, fold, load_images(fold_data.validation[:256]), device),
+        "class_effect_auroc": _roc_auc(scores["atypical"][0], scores["normal"][0]),
+        "class_effect_auroc_real_validation": _roc_auc(scores["atypical"][1], scores["normal"][1]),
         "per_class": per_class,
     }
     (out_dir / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -184,6 +229,9 @@ def quality_markdown(report: dict) -> str:
              f"{report['judge']['threshold']:.4f}, views {', '.join(report['judge']['views'])}. "
              f"Real patches: fold {report['fold']}'s validation part (never seen by this generator).", "",
              f"VAE reconstruction PSNR on validation patches: {report['vae_psnr_validation_db']:.2f} dB", "",
+             f"Class effect (judge's ROC AUC, synthetic atypical vs synthetic normal): "
+             f"{report['class_effect_auroc']:.3f}; the same on real validation patches: "
+             f"{report['class_effect_auroc_real_validation']:.3f} (0.5: the class changes nothing).", "",
              "| class | n real / synthetic | Fréchet distance (real-vs-real reference) | two-sample AUROC "
              "(reference) | called atypical: synthetic / real |", "|---|---|---|---|---|"]
     for name, figures in report["per_class"].items():
@@ -192,6 +240,13 @@ def quality_markdown(report: dict) -> str:
             f"{figures['frechet_distance']:.2f} ({figures['frechet_distance_real_reference']:.2f}) | "
             f"{figures['two_sample_auroc']:.3f} ({figures['two_sample_auroc_real_reference']:.3f}) | "
             f"{figures['share_called_atypical_synthetic']:.3f} / {figures['share_called_atypical_real_validation']:.3f} |")
+    lines += ["", "| class | median nearest-training distance: synthetic / real validation | synthetic nearer than "
+              "95 % of real validation |", "|---|---|---|"]
+    for name, figures in report["per_class"].items():
+        copies = figures["memorisation"]
+        lines.append(f"| {name} | {copies['median_nearest_training_distance_synthetic']:.2f} / "
+                     f"{copies['median_nearest_training_distance_real_validation']:.2f} | "
+                     f"{copies['share_closer_than_real_p05']:.3f} (0.05 expected without copying) |")
     settings = next(iter(report["per_class"].values()))["sampling"]
     lines += ["", f"Sampling: guidance {settings['guidance']}, {settings['steps']} steps, {settings['sampler']}. "
               "Reference: fold's training patches (same n as synthetic) against the same validation patches.", ""]
@@ -217,3 +272,43 @@ def write_gallery(sets: list, path: Path, columns: int = 8, rows_per_set: int = 
             axis.set_ylabel(title if row == 0 else "", rotation=0, ha="right", va="center", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+
+
+SUMMARY_COMMAND = "python -m training synth summary {run} --fold {folds} --out {out}"
+
+
+def quality_summary(run: GeneratorRun, folds: list, out: Path) -> dict:
+    """The machine-readable summary of the folds' quality reports (docs/synthesis_quality.json).
+
+    `real_vs_synthetic_auroc` is the larger (worse) of the two classes' two-sample ROC AUCs.
+    """
+    rows = []
+    for fold in folds:
+        path = run.fold_dir(fold) / "quality" / "quality.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; run `python -m training synth quality {run.root} --fold {fold} "
+                                    f"--classifier <real-only run>` first")
+        report = json.loads(path.read_text())
+        normal, atypical = report["per_class"]["normal"], report["per_class"]["atypical"]
+        rows.append({
+            "fold": report["fold"], "class_effect_auroc": report["class_effect_auroc"],
+            "class_effect_auroc_real_validation": report["class_effect_auroc_real_validation"],
+            "judge_atypical_share_synthetic_atypical": atypical["share_called_atypical_synthetic"],
+            "judge_atypical_share_synthetic_normal": normal["share_called_atypical_synthetic"],
+            "judge_atypical_share_real_atypical": atypical["share_called_atypical_real_validation"],
+            "judge_atypical_share_real_normal": normal["share_called_atypical_real_validation"],
+            "real_vs_synthetic_auroc": max(normal["two_sample_auroc"], atypical["two_sample_auroc"]),
+            "real_vs_synthetic_auroc_normal": normal["two_sample_auroc"],
+            "real_vs_synthetic_auroc_atypical": atypical["two_sample_auroc"],
+            "fid_normal": normal["frechet_distance"], "fid_atypical": atypical["frechet_distance"],
+            "fid_reference_normal": normal["frechet_distance_real_reference"],
+            "fid_reference_atypical": atypical["frechet_distance_real_reference"],
+            "synthetic_nearer_than_real_p05_atypical": atypical["memorisation"]["share_closer_than_real_p05"],
+            "vae_psnr_validation_db": report["vae_psnr_validation_db"],
+            "n_synthetic_per_class": atypical["n_synthetic"], "sampling": atypical["sampling"]})
+    summary = {"config": run.config.name,
+               "command": SUMMARY_COMMAND.format(run=run.root, folds=" ".join(map(str, folds)), out=out),
+               "folds": rows}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -5,7 +5,9 @@ patch available, then fine-tune class-conditionally on the training data. Pre-tr
 class-agnostic (every label is the null class): it learns what a mitotic figure looks like from
 data whose atypical labels may be missing, and it trains exactly the unconditional branch that
 classifier-free guidance uses; fine-tuning starts from its EMA weights and learns the classes,
-still dropping 10 % of labels to the null class.
+still dropping 10 % of labels to the null class. Fine-tuning starts each class embedding at the
+trained null one and trains the class embeddings `dit.label_lr_scale` times faster than the rest:
+without both, the class had no visible effect (docs/synthesis.md).
 
 Every stage is a folder (`vae/`, `pretrain/`, `finetune/`) with its resolved `config.yaml`,
 `provenance.json` (data.py), `metrics.csv` (one row per `log_every` steps), `summary.json` when
@@ -53,16 +55,24 @@ class _Optimisation:
     Args:
         network: the module trained.
         train: the stage's TrainConfig.
+        faster: parameters that learn at `faster_scale` x the stage's learning rate (the schedule
+            scales both groups alike).
     """
 
-    def __init__(self, network: torch.nn.Module, train: TrainConfig):
+    def __init__(self, network: torch.nn.Module, train: TrainConfig, faster=(), faster_scale: float = 1.0):
         diffusers = import_diffusers()
         from diffusers.training_utils import EMAModel
 
         if train.schedule not in ("constant", "cosine"):
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {train.schedule!r}")
+        if faster_scale <= 0:
+            raise ValueError(f"a learning-rate scale must be positive, got {faster_scale}")
         self.network, self.train = network, train
-        self.optimizer = torch.optim.AdamW(network.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        chosen = {id(p) for p in faster}
+        groups = [{"params": [p for p in network.parameters() if id(p) not in chosen]}]
+        if chosen:
+            groups.append({"params": [p for p in network.parameters() if id(p) in chosen], "lr": train.lr * faster_scale})
+        self.optimizer = torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
         self.schedule = diffusers.optimization.get_scheduler(
             f"{train.schedule}_with_warmup" if train.schedule == "constant" else "cosine", self.optimizer,
             num_warmup_steps=train.warmup_steps, num_training_steps=train.steps)
@@ -352,8 +362,11 @@ def train_dit(config: SynthConfig, fold_dir: Path, fold_data: FoldData, stage: s
     args = dit_args(config.dit.variant, channels, side)
     torch.manual_seed(config.seed)
     network = create_dit(**args)
+    faster = []
     if stage == "finetune":
         network.load_state_dict(load_dit(fold_dir / "pretrain")[0].state_dict())
+        network.start_classes_from_null()
+        faster = [table.weight for table in network.label_tables()]
     network = network.to(device)
     labels = (torch.full((len(samples),), network.null_class) if stage == "pretrain"
               else torch.tensor([s.label for s in samples])).repeat(len(config.views))
@@ -362,7 +375,7 @@ def train_dit(config: SynthConfig, fold_dir: Path, fold_data: FoldData, stage: s
         prediction_type=config.diffusion.prediction_type, sampler=config.diffusion.sampler,
         class_dropout=config.dit.class_dropout if stage == "finetune" else 0.0)
     train = getattr(config, stage)
-    optimisation = _Optimisation(network, train)
+    optimisation = _Optimisation(network, train, faster=faster, faster_scale=config.dit.label_lr_scale)
 
     def next_loss(step: int) -> torch.Tensor:
         generator = step_generator(config.seed, stage, step)
