@@ -25,15 +25,18 @@ def save_resume(folder: Path, state: dict) -> None:
 def load_resume(folder: Path, *, device, checks: dict[str, tuple[Any, str]]) -> dict:
     """The resume point in `folder`, {} if none; refused when a recorded value differs from the wanted one.
 
-    `checks` maps a recorded key to (the value this run has, what to tell the user when it differs).
-    A key an older resume point lacks is not checked.
+    `checks` maps a recorded key to (the value this run has, or a predicate that says whether a
+    recorded value fits; what to tell the user when it does not). A key an older resume point
+    lacks is not checked.
     """
     path = Path(folder) / RESUME_FILE
     if not path.is_file():
         return {}
     state = torch.load(path, map_location=device, weights_only=True)
     for key, (wanted, problem) in checks.items():
-        if state.get(key, wanted) != wanted:
+        if key not in state:
+            continue
+        if not (wanted(state[key]) if callable(wanted) else state[key] == wanted):
             raise ValueError(f"{path}: {problem}")
     return state
 

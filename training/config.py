@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from training.augment import AugmentConfig
+from training.lora import LoraConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -68,6 +69,11 @@ class OptimConfig:
     loss: str = "ce"  # "ce": cross-entropy; "focal": focal loss (Lin et al., ICCV 2017)
     focal_gamma: float = 2.0
     class_weighting: str = "balanced"  # "balanced": inverse class frequency in the loss; "none"
+    # "balanced": each sample's loss also weighted by the inverse frequency of its domain (the value
+    # of domain_key, e.g. tumor) in the training part: the winner's domain-weighted loss; "none"
+    domain_weighting: str = "none"
+    domain_key: str = "tumor"
+    grad_checkpointing: bool = False  # recompute block activations in the backward pass (large ViTs)
     sampler: str = "uniform"  # "uniform": each patch once per epoch; "balanced": classes drawn equally often
     label_smoothing: float = 0.0
     early_stopping_patience: int = 0  # >0: stop after this many epochs without a better validation ROC AUC
@@ -86,6 +92,7 @@ class ExperimentConfig:
     backbone: str = "resnet10t_slim"
     pretrained: bool = False  # start from the backbone's hub weights (needs internet; see `weights`)
     weights: str | None = None  # start from a local weight file or folder instead
+    backbone_kwargs: dict = field(default_factory=dict)  # over the backbone's timm kwargs (e.g. depth for timm:<arch>)
     input_crop: int | None = None  # centre crop (pixels) fed to the network; None: the whole patch
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -93,6 +100,7 @@ class ExperimentConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     tta_views: list = field(default_factory=lambda: ["identity", "vflip"])
+    lora: LoraConfig = field(default_factory=LoraConfig)  # rank > 0: LoRA adapters on the `weights` (training/lora.py)
     # "majority": the experts' majority label is the target; "soft": the share of experts voting
     # atypical, as the target of a binary cross-entropy (metrics are always against the majority)
     labels: str = "majority"

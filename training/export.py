@@ -28,6 +28,7 @@ from training.config import ExperimentConfig, config_from_dict
 from training.crossval import check_finished_fold, oof_metrics, pool_rows
 from training.data import CLASSES, PATCH_SIZE, load_images, read_dataset
 from training.ensemble import EnsembleClassifier, Preprocess
+from training.lora import rebuild
 from training.models import create_classifier
 from training.plots import plot_calibration
 from training.splits import fold_fingerprint, fold_indices, load_split, slide_digest, split_fingerprint
@@ -51,8 +52,12 @@ def load_member(fold_dir: Path) -> tuple[torch.nn.Module, dict, ExperimentConfig
         if not (fold_dir / required).is_file():
             raise ExportError(f"{fold_dir}: missing {required}; is this a finished fold folder?")
     args = json.loads((fold_dir / "model_args.json").read_text())
-    network = create_classifier(**args)
-    network.load_state_dict(load_file(str(fold_dir / "model.safetensors")), strict=True)
+    state = load_file(str(fold_dir / "model.safetensors"))
+    if args.get("lora"):  # adapters and head only: load the base weights, apply and merge the adapters
+        network = rebuild(args, state)
+    else:
+        network = create_classifier(**args)
+        network.load_state_dict(state, strict=True)
     config = config_from_dict(yaml.safe_load((fold_dir / "config.yaml").read_text()), str(fold_dir / "config.yaml"))
     return network.eval(), args, config
 

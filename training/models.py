@@ -13,8 +13,9 @@ adapts it (e.g. resizes ViT position embeddings to 128 px), and loading fails un
 the checkpoint has a place and every place but the new classifier head is filled.
 """
 
+import importlib
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -46,6 +47,9 @@ class BackboneSpec:
         timm_kwargs: extra keyword arguments for `timm.create_model`.
         hub_weights: the timm (or `hf-hub:`) name of its pretrained weights, None if it has none.
         note: one line for `--help` listings.
+        input_size: the side the network sees when the config sets no `input_crop` (a multiple of
+            the ViT patch size: 126 = 9 x 14); None: the whole 128 px patch.
+        source: where the architecture, normalisation and tokens were read (model card, paper).
     """
 
     timm_name: str
@@ -54,6 +58,8 @@ class BackboneSpec:
     timm_kwargs: dict = field(default_factory=dict)
     hub_weights: str | None = None
     note: str = ""
+    input_size: int | None = None
+    source: str = ""
 
 
 BACKBONES = {
@@ -71,42 +77,116 @@ BACKBONES = {
         note="22 M parameters, Lunit's DINO weights from 19 M TCGA patches, 128 px input (GPU)"),
 }
 
+# Foundation models whose weights a user may hold (none can be fetched or shipped here): each needs
+# `weights:` pointing at a local copy; they are meant for LoRA (config `lora:`). Architectures and
+# normalisation as their model cards give them to timm; position embeddings are resized from the
+# card's 224 px to our input by timm's checkpoint_filter_fn at load. Layer classes are dotted names
+# (resolved when the network is built) so that the registry stays plain data for model.json.
+_SWIGLU = {"mlp_layer": "timm.layers.SwiGLUPacked", "act_layer": "torch.nn.SiLU"}
+FOUNDATION_MODELS = {
+    "uni": BackboneSpec(
+        "vit_large_patch16_224", timm_kwargs={"img_size": 128, "init_values": 1e-5}, input_size=128,
+        note="UNI ViT-L/16, 303 M parameters, 100 M pathology patches (local weights, GPU)",
+        source="MahmoodLab/UNI model card; Chen et al., Nature Medicine 2024"),
+    "uni2_h": BackboneSpec(
+        "vit_giant_patch14_224", input_size=126, timm_kwargs={
+            "img_size": 126, "patch_size": 14, "depth": 24, "num_heads": 24, "init_values": 1e-5, "embed_dim": 1536,
+            "mlp_ratio": 2.66667 * 2, "no_embed_class": True, "reg_tokens": 8, **_SWIGLU},
+        note="UNI2-h ViT-H/14 with 8 register tokens, 681 M parameters (local weights, GPU)",
+        source="MahmoodLab/UNI2-h model card"),
+    "virchow2": BackboneSpec(
+        "vit_huge_patch14_224", input_size=126, timm_kwargs={
+            "img_size": 126, "init_values": 1e-5, "mlp_ratio": 5.3375, "reg_tokens": 4, **_SWIGLU},
+        note="Virchow2 ViT-H/14 with 4 register tokens, 632 M parameters; class-token head (local weights, GPU)",
+        source="paige-ai/Virchow2 model card; Zimmermann et al., arXiv 2408.00738"),
+    "h_optimus_0": BackboneSpec(
+        "vit_giant_patch14_reg4_dinov2", input_size=126, mean=(0.707223, 0.578729, 0.703617),
+        std=(0.211883, 0.230117, 0.177517), timm_kwargs={"img_size": 126, "init_values": 1e-5},
+        note="H-optimus-0 ViT-g/14 with 4 register tokens, 1.1 B parameters (local weights, GPU)",
+        source="bioptimus/H-optimus-0 model card"),
+    "dinov2_vits14": BackboneSpec(
+        "vit_small_patch14_dinov2", input_size=126, timm_kwargs={"img_size": 126},
+        note="DINOv2 ViT-S/14, 22 M parameters, natural images (local weights)",
+        source="timm vit_small_patch14_dinov2.lvd142m; Oquab et al., TMLR 2024"),
+    "dinov2_vitl14_reg": BackboneSpec(
+        "vit_large_patch14_reg4_dinov2", input_size=126, timm_kwargs={"img_size": 126},
+        note="DINOv2 ViT-L/14 with 4 register tokens, 304 M parameters (local weights, GPU)",
+        source="timm vit_large_patch14_reg4_dinov2.lvd142m; Darcet et al., ICLR 2024"),
+    "dinov3_vits16": BackboneSpec(
+        "vit_small_patch16_dinov3", input_size=128, timm_kwargs={"img_size": 128},
+        note="DINOv3 ViT-S/16 with RoPE and 4 register tokens, 22 M parameters (local weights)",
+        source="timm vit_small_patch16_dinov3.lvd1689m; Simeoni et al., arXiv 2508.10104"),
+    "dinov3_vith16plus": BackboneSpec(
+        "vit_huge_plus_patch16_dinov3", input_size=128, timm_kwargs={"img_size": 128},
+        note="DINOv3 ViT-H+/16, 840 M parameters: the MIDOG 2025 Track 2 winner's backbone (local weights, GPU)",
+        source="timm vit_huge_plus_patch16_dinov3.lvd1689m; arXiv 2508.10104, 2508.21041"),
+}
+BACKBONES.update(FOUNDATION_MODELS)
+TIMM_PREFIX = "timm:"  # `timm:<architecture>`: any timm model, with the config's backbone_kwargs
 
-def backbone_spec(name: str) -> BackboneSpec:
-    """The registry entry for `name`, with a clear error listing the known names."""
-    if name not in BACKBONES:
-        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
-    return BACKBONES[name]
+
+def backbone_spec(name: str, backbone_kwargs: dict | None = None) -> BackboneSpec:
+    """The registry entry for `name` (or `timm:<architecture>`), with `backbone_kwargs` over its timm kwargs."""
+    if name.startswith(TIMM_PREFIX):
+        timm = import_timm()
+        architecture = name.removeprefix(TIMM_PREFIX)
+        if architecture not in timm.list_models():
+            raise KeyError(f"unknown timm architecture {architecture!r} (backbone {name!r})")
+        config = timm.models.get_pretrained_cfg(architecture)  # its default weights' normalisation
+        spec = BackboneSpec(architecture, mean=tuple(getattr(config, "mean", IMAGENET_MEAN)),
+                            std=tuple(getattr(config, "std", IMAGENET_STD)), note="any timm architecture")
+    elif name in BACKBONES:
+        spec = BACKBONES[name]
+    else:
+        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}, or {TIMM_PREFIX}<timm architecture>")
+    return replace(spec, timm_kwargs={**spec.timm_kwargs, **(backbone_kwargs or {})}) if backbone_kwargs else spec
 
 
-def model_args(backbone: str, num_classes: int = 2, crop: int | None = None) -> dict:
+def model_args(backbone: str, num_classes: int = 2, crop: int | None = None, backbone_kwargs: dict | None = None) -> dict:
     """The plain data a checkpoint stores to rebuild its network and its input preprocessing."""
-    spec = backbone_spec(backbone)
-    return {"backbone": backbone, "num_classes": num_classes, "mean": list(spec.mean), "std": list(spec.std),
-            "crop": crop}
+    spec = backbone_spec(backbone, backbone_kwargs)
+    args = {"backbone": backbone, "num_classes": num_classes, "mean": list(spec.mean), "std": list(spec.std),
+            "crop": crop if crop is not None else spec.input_size}
+    return {**args, "backbone_kwargs": dict(backbone_kwargs)} if backbone_kwargs else args
+
+
+def _timm_kwargs(spec: BackboneSpec) -> dict:
+    """The spec's timm kwargs with dotted layer names (e.g. "torch.nn.SiLU") made classes."""
+    def resolve(value):
+        if isinstance(value, str) and value.startswith(("timm.layers.", "torch.nn.")):
+            module, _, attribute = value.rpartition(".")
+            return getattr(importlib.import_module(module), attribute)
+        return value
+
+    return {key: resolve(value) for key, value in spec.timm_kwargs.items()}
 
 
 def create_classifier(backbone: str, num_classes: int = 2, *, pretrained: bool = False,
-                      weights: str | Path | None = None, **_preprocessing) -> nn.Module:
+                      weights: str | Path | None = None, backbone_kwargs: dict | None = None,
+                      **_preprocessing) -> nn.Module:
     """A timm classifier for `backbone`: random, from its hub weights (`pretrained`), or from `weights`.
 
     Preprocessing entries of model_args (mean, std, crop) are accepted and ignored here.
     """
-    spec = backbone_spec(backbone)
+    spec = backbone_spec(backbone, backbone_kwargs)
     timm = import_timm()
+    kwargs = _timm_kwargs(spec)
     if weights:
-        network = timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes, **spec.timm_kwargs)
+        network = timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes, **kwargs)
         load_pretrained(network, Path(weights))
         return network
     if pretrained:
         if not spec.hub_weights:
+            if spec.source:  # a foundation model: its licence keeps its weights off timm's hub names
+                raise WeightsError(f"backbone {backbone!r} loads its weights from a local copy only ({spec.source}): "
+                                   "set weights: PATH in the config")
             raise WeightsError(f"backbone {backbone!r} has no pretrained weights; train it from scratch")
         try:
-            return timm.create_model(spec.hub_weights, pretrained=True, num_classes=num_classes, **spec.timm_kwargs)
+            return timm.create_model(spec.hub_weights, pretrained=True, num_classes=num_classes, **kwargs)
         except Exception as error:  # hub downloads raise many kinds (OSError, HTTP, hub-specific)
             raise WeightsError(f"cannot fetch the pretrained weights {spec.hub_weights} ({type(error).__name__}: "
                                f"{error}); download them where there is internet and pass --weights PATH") from None
-    return timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes, **spec.timm_kwargs)
+    return timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes, **kwargs)
 
 
 def weight_file(path: Path) -> Path:
@@ -165,7 +245,3 @@ def load_pretrained(network: nn.Module, path: Path) -> dict:
                            f"(e.g. {missing[:3]}), {len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]})")
     return {"loaded": len(state), "new": list(result.missing_keys)}
 
-
-def describe(name: str) -> dict:
-    """The registry entry as plain data (for results folders and model.json)."""
-    return {"name": name, **asdict(backbone_spec(name))}

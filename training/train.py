@@ -34,10 +34,11 @@ from tqdm import tqdm
 
 from training.augment import augment_batch
 from training.checkpoints import clear_resume, load_resume, save_resume, write_metrics_csv
-from training.config import ExperimentConfig, save_config
+from training.config import ExperimentConfig, config_from_dict, save_config
 from training.data import Sample, labels_of, targets_of
 from training.ensemble import Preprocess, view_scores
 from training.metrics import binary_metrics
+from training.lora import apply_lora, load_trained_state, lora_args, trainable_names, trained_state
 from training.models import create_classifier, model_args
 from training.splits import fold_fingerprint, fold_indices, split_fingerprint
 from training.torch_compat import import_timm
@@ -96,26 +97,55 @@ def predict_scores(network, preprocess, patches: torch.Tensor, views, device=tor
     return torch.cat(scores).numpy() if scores else np.zeros(0, dtype=np.float32)
 
 
-def focal_loss(logits, labels, weight=None, gamma: float = 2.0, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Focal loss on softmax logits (Lin et al., ICCV 2017), class-weighted like cross-entropy."""
+def _per_sample(weight, labels, sample_weight, like) -> torch.Tensor:
+    """Each sample's loss weight: its class weight (1 without) times its own weight (1 without)."""
+    weights = weight[labels] if weight is not None else torch.ones_like(like)
+    return weights * sample_weight if sample_weight is not None else weights
+
+
+def focal_loss(logits, labels, weight=None, gamma: float = 2.0, label_smoothing: float = 0.0,
+               sample_weight=None) -> torch.Tensor:
+    """Focal loss on softmax logits (Lin et al., ICCV 2017), class- (and sample-) weighted like cross-entropy."""
     per_sample = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
     p_true = torch.exp(-F.cross_entropy(logits, labels, reduction="none"))
-    weights = weight[labels] if weight is not None else torch.ones_like(per_sample)
+    weights = _per_sample(weight, labels, sample_weight, per_sample)
     return ((1 - p_true) ** gamma * per_sample * weights).sum() / weights.sum()
 
 
-def soft_label_loss(logits, targets, labels, weight=None, label_smoothing: float = 0.0) -> torch.Tensor:
+def soft_label_loss(logits, targets, labels, weight=None, label_smoothing: float = 0.0,
+                    sample_weight=None) -> torch.Tensor:
     """Binary cross-entropy of P(atypical) = sigmoid(logit(atypical) - logit(normal)) against a target share.
 
     `weight` (per class) and `label_smoothing` act as in F.cross_entropy, normalised by the weights
     of the majority `labels`, so that for targets 0 and 1 this is exactly the cross-entropy of the
-    two logits.
+    two logits; `sample_weight` multiplies each sample's term and its share of the normaliser.
     """
     scores = logits[:, 1] - logits[:, 0]  # (N,)
     atypical = targets * (1 - label_smoothing) + label_smoothing / 2
     weight = weight if weight is not None else torch.ones(2, device=logits.device)
     per_sample = -(weight[0] * (1 - atypical) * F.logsigmoid(-scores) + weight[1] * atypical * F.logsigmoid(scores))
-    return per_sample.sum() / weight[labels].sum()
+    own = sample_weight if sample_weight is not None else torch.ones_like(per_sample)
+    return (per_sample * own).sum() / (weight[labels] * own).sum()
+
+
+def domain_weights(samples: list, train_index, key: str, rule: str) -> np.ndarray | None:
+    """Per-sample loss weights by domain: the inverse frequency of each sample's `key` value in the training part.
+
+    Normalised to mean 1 over the training part; None for rule "none". Samples without the key form
+    one domain of their own ("unknown").
+    """
+    if rule == "none":
+        return None
+    if rule != "balanced":
+        raise ValueError(f"optim.domain_weighting must be 'balanced' or 'none', got {rule!r}")
+    values = [str(sample.domain.get(key, "unknown")) for sample in samples]
+    counts = {}
+    for i in train_index:
+        counts[values[i]] = counts.get(values[i], 0) + 1
+    if len(counts) < 2:
+        print(f"domain weighting: every training sample has {key} = {next(iter(counts), 'none')!r}; weights are all 1")
+    weights = np.array([len(train_index) / (len(counts) * counts.get(v, len(train_index))) for v in values], np.float32)
+    return weights / weights[train_index].mean()
 
 
 def _class_weights(labels: np.ndarray, rule: str) -> torch.Tensor | None:
@@ -135,8 +165,15 @@ class _Trainer:
         timm = import_timm()
         optim = config.optim
         self.config, self.device = config, device
-        self.args = model_args(config.backbone, crop=config.input_crop)
+        self.args = model_args(config.backbone, crop=config.input_crop, backbone_kwargs=config.backbone_kwargs)
         self.network = create_classifier(**self.args, pretrained=config.pretrained, weights=config.weights)
+        if optim.grad_checkpointing:
+            self.network.set_grad_checkpointing(True)
+        self.trained_names = None  # every parameter trains and is saved
+        if config.lora.enabled:
+            self.args.update(lora_args(config.lora, config.weights))
+            self.network = apply_lora(self.network, config.lora)
+            self.trained_names = trainable_names(self.network)
         self.network = self.network.to(device, memory_format=torch.channels_last)
         self.trained = self.network  # what the training step calls: DDP's wrapper under torchrun
         if distributed.world > 1:
@@ -159,22 +196,41 @@ class _Trainer:
         """The network to evaluate and save: the EMA copy when there is one."""
         return self.ema.module if self.ema is not None else self.network
 
-    def loss(self, logits, labels, targets) -> torch.Tensor:
-        """The configured loss of a batch: `labels` the majority classes, `targets` the P(atypical) to learn."""
-        optim = self.config.optim
+    def saved_state(self, network: nn.Module) -> dict:
+        """What a checkpoint of `network` stores: every tensor, or with LoRA only what trains."""
+        if self.trained_names is None:
+            return {k: v.contiguous().cpu() for k, v in network.state_dict().items()}
+        return trained_state(self.trained_names, network)
+
+    def load(self, network: nn.Module, state: dict) -> None:
+        """Load a `saved_state` into `network`."""
+        if self.trained_names is None:
+            network.load_state_dict(state)
+        else:
+            load_trained_state(network, state)
+
+    def loss(self, logits, labels, targets, sample_weight=None) -> torch.Tensor:
+        """The configured loss of a batch: `labels` the majority classes, `targets` the P(atypical) to learn,
+        `sample_weight` each sample's own weight (domain weighting) or None."""
+        optim, logits = self.config.optim, logits.float()
         if self.config.labels == "soft":
-            return soft_label_loss(logits.float(), targets, labels, self.class_weight, optim.label_smoothing)
+            return soft_label_loss(logits, targets, labels, self.class_weight, optim.label_smoothing, sample_weight)
         if optim.loss == "focal":
-            return focal_loss(logits.float(), labels, self.class_weight, optim.focal_gamma, optim.label_smoothing)
+            return focal_loss(logits, labels, self.class_weight, optim.focal_gamma, optim.label_smoothing, sample_weight)
         if optim.loss != "ce":
             raise ValueError(f"optim.loss must be 'ce' or 'focal', got {optim.loss!r}")
-        return F.cross_entropy(logits.float(), labels, weight=self.class_weight, label_smoothing=optim.label_smoothing)
+        if sample_weight is None:
+            return F.cross_entropy(logits, labels, weight=self.class_weight, label_smoothing=optim.label_smoothing)
+        per_sample = F.cross_entropy(logits, labels, reduction="none", label_smoothing=optim.label_smoothing)
+        weights = _per_sample(self.class_weight, labels, sample_weight, per_sample)
+        return (per_sample * weights).sum() / weights.sum()
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> float:
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor,
+                   sample_weight: torch.Tensor | None = None) -> float:
         self.trained.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             logits = self.trained(images.contiguous(memory_format=torch.channels_last))
-        loss = self.loss(logits, labels, targets)
+        loss = self.loss(logits, labels, targets, sample_weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -186,15 +242,15 @@ class _Trainer:
 
     def state(self) -> dict:
         """Everything a resumed fold needs to continue exactly (tensors and plain data only)."""
-        return {"step": self.step, "network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "ema": self.ema.module.state_dict() if self.ema is not None else None}
+        return {"step": self.step, "network": self.saved_state(self.network), "optimizer": self.optimizer.state_dict(),
+                "ema": self.saved_state(self.ema.module) if self.ema is not None else None}
 
     def restore(self, state: dict) -> None:
         self.step = state["step"]
-        self.network.load_state_dict(state["network"])
+        self.load(self.network, state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None:
-            self.ema.module.load_state_dict(state["ema"])
+            self.load(self.ema.module, state["ema"])
         self.scheduler.step_update(self.step)
 
 
@@ -215,7 +271,7 @@ def shard_batches(order: torch.Tensor, batch_size: int, distributed: Distributed
     return batches[distributed.rank::distributed.world]
 
 
-def _epoch(trainer, patches, labels, targets, generator, progress, distributed, order_seed: int) -> float:
+def _epoch(trainer, patches, labels, targets, weights, generator, progress, distributed, order_seed: int) -> float:
     """One pass over the training patches; returns this process's mean loss.
 
     The order comes from `order_seed` alone, so every torchrun process shards the same order;
@@ -229,7 +285,8 @@ def _epoch(trainer, patches, labels, targets, generator, progress, distributed, 
         images = patches[index].to(trainer.device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
         images = augment_batch(images, config.augment, generator)  # (B, 3, H, W) in [0, 1]
         losses.append(trainer.train_step(trainer.preprocess.unit(images), labels[index].to(trainer.device),
-                                         targets[index].to(trainer.device)))
+                                         targets[index].to(trainer.device),
+                                         weights[index].to(trainer.device) if weights is not None else None))
         progress.update(distributed.world)
         progress.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", refresh=False)
     return float(np.mean(losses))
@@ -277,6 +334,7 @@ class _FoldData:
     train_index: np.ndarray
     val_index: np.ndarray
     seed: int
+    weights: torch.Tensor | None = None  # each sample's own loss weight (domain weighting), or None
 
     @property
     def train_patches(self):
@@ -289,6 +347,10 @@ class _FoldData:
     @property
     def train_targets(self):
         return self.targets[self.train_index]
+
+    @property
+    def train_weights(self):
+        return self.weights[self.train_index] if self.weights is not None else None
 
 
 def _validate(trainer, data: _FoldData, row: dict) -> float:
@@ -314,8 +376,8 @@ def _run_epochs(trainer, data, generator, out_dir, resume: dict, distributed, sh
               disable=not (show_progress and distributed.main), dynamic_ncols=True) as progress:
         for epoch in range(start_epoch, optim.epochs):
             started = time.perf_counter()
-            loss = _epoch(trainer, data.train_patches, data.train_labels, data.train_targets, generator, progress,
-                          distributed, order_seed=data.seed * 100_003 + epoch)
+            loss = _epoch(trainer, data.train_patches, data.train_labels, data.train_targets, data.train_weights,
+                          generator, progress, distributed, order_seed=data.seed * 100_003 + epoch)
             row = {"epoch": epoch + 1, "lr": trainer.optimizer.param_groups[0]["lr"], "train_loss": loss}
             if distributed.main:
                 auc = _validate(trainer, data, row)
@@ -323,14 +385,14 @@ def _run_epochs(trainer, data, generator, out_dir, resume: dict, distributed, sh
                 row["seconds"] = time.perf_counter() - started
                 log.add(row)
                 if optim.early_stopping_patience and auc > best["auc"]:
-                    best = {"auc": auc, "epoch": epoch + 1, "state": copy.deepcopy(trainer.evaluated.state_dict())}
+                    best = {"auc": auc, "epoch": epoch + 1, "state": copy.deepcopy(trainer.saved_state(trainer.evaluated))}
                 _save_resume(out_dir, trainer, generator, history, best, split_sha256)
             if optim.early_stopping_patience and _should_stop(best, epoch + 1, optim.early_stopping_patience, distributed):
                 break
     if log is not None:
         log.close()
     if best["state"] is not None:
-        trainer.evaluated.load_state_dict(best["state"])
+        trainer.load(trainer.evaluated, best["state"])
     return best, history
 
 
@@ -351,8 +413,9 @@ def _save_resume(out_dir, trainer, generator, history, best, split_sha256: str) 
 def _load_resume(out_dir: Path, trainer, generator, config, split_sha256: str) -> dict:
     """The saved state of an interrupted run of this fold, restored into trainer and generator; {} if none."""
     state = load_resume(out_dir, device=trainer.device, checks={
-        "config": (yaml.safe_dump(asdict(config)), "left by a run with another config; delete it to start this fold "
-                                                   "afresh"),
+        # compared as resolved configs: a field added later with a default that keeps the old behaviour fits
+        "config": (lambda text: config_from_dict(yaml.safe_load(text)) == config,
+                   "left by a run with another config; delete it to start this fold afresh"),
         "split_sha256": (split_sha256, "left by a run on another split; resuming would train on other slides. "
                                        "Resume with the split it began with, or delete it to start this fold afresh"),
     })
@@ -380,9 +443,10 @@ def train_fold(config: ExperimentConfig, samples: list[Sample], images: np.ndarr
     if config.labels == "soft" and config.optim.loss != "ce":
         raise ValueError(f"labels: soft trains with a binary cross-entropy; optim.loss {config.optim.loss!r} "
                          "takes majority labels only")
+    weights = domain_weights(samples, train_index, config.optim.domain_key, config.optim.domain_weighting)
     data = _FoldData(torch.from_numpy(images), torch.from_numpy(labels_of(samples)),
                      torch.from_numpy(targets_of(samples, config.labels)),
-                     train_index, val_index, fold_seed)
+                     train_index, val_index, fold_seed, torch.from_numpy(weights) if weights is not None else None)
     steps_per_epoch = len(train_index) // config.optim.batch_size
     if steps_per_epoch < distributed.world:
         raise ValueError(f"fold {fold}: {len(train_index)} training samples, fewer than one batch per process")
@@ -395,8 +459,8 @@ def train_fold(config: ExperimentConfig, samples: list[Sample], images: np.ndarr
     best, history = _run_epochs(trainer, data, generator, out_dir, resume, distributed, show_progress, split_sha256)
     if not distributed.main:
         return {}
-    save_file({k: v.contiguous().cpu() for k, v in trainer.evaluated.state_dict().items()},
-              str(out_dir / "model.safetensors"), metadata={"model_args": json.dumps(trainer.args)})
+    save_file(trainer.saved_state(trainer.evaluated), str(out_dir / "model.safetensors"),
+              metadata={"model_args": json.dumps(trainer.args)})
     summary = _summary(config, fold, data, device, distributed, history, best)
     summary["fold_sha256"] = fold_fingerprint(split, fold) if fold != "all" else None
     summary["split_sha256"] = split_sha256
