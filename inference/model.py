@@ -94,7 +94,19 @@ def read_model_spec(model_json: Path) -> dict[str, Any]:
             raise InputError(f"{model_json}: missing key {key}")
         if not is_valid(value):
             raise InputError(f"{model_json}: invalid value for {key}: {value!r}")
+    if "onnx_data" in spec:  # a graph over 2 GB keeps its weights in one external data file beside it
+        if not checks["onnx"](spec["onnx_data"]) or not checks["onnx_sha256"](spec.get("onnx_data_sha256")):
+            raise InputError(f"{model_json}: onnx_data needs a plain file name and its onnx_data_sha256")
     return spec
+
+
+def _check_digest(path: Path, wanted: str, key: str, model_json: Path) -> None:
+    if not path.is_file():
+        raise InputError(f"model file not found: {path} (named by {model_json})")
+    actual = sha256_of(path)
+    if actual != wanted.lower():
+        raise InputError(f"{path}: sha256 {actual} does not match {key} {wanted} in model.json "
+                         f"(corrupted or swapped model)")
 
 
 def check_contract(spec: dict[str, Any], *, model_json: Path) -> None:
@@ -168,12 +180,10 @@ def load_model(*, model_dir: Path) -> Model:
     spec = read_model_spec(model_dir / "model.json")
     check_contract(spec, model_json=model_dir / "model.json")
     onnx_path = model_dir / spec["onnx"]
-    if not onnx_path.is_file():
-        raise InputError(f"model file not found: {onnx_path} (named by {model_dir / 'model.json'})")
-    actual_sha256 = sha256_of(onnx_path)
-    if actual_sha256 != spec["onnx_sha256"].lower():
-        raise InputError(f"{onnx_path}: sha256 {actual_sha256} does not match onnx_sha256 "
-                         f"{spec['onnx_sha256']} in model.json (corrupted or swapped model)")
+    _check_digest(onnx_path, spec["onnx_sha256"], "onnx_sha256", model_dir / "model.json")
+    if "onnx_data" in spec:
+        _check_digest(model_dir / spec["onnx_data"], spec["onnx_data_sha256"], "onnx_data_sha256",
+                      model_dir / "model.json")
     session = create_session(onnx_path)
     graph_inputs = [node.name for node in session.get_inputs()]
     graph_outputs = [node.name for node in session.get_outputs()]

@@ -191,3 +191,38 @@ def test_domain_weights_balance_the_domains_of_the_training_part():
     expected = ((1 - torch.exp(-per)) ** 2 * per * sample_weight).sum() / sample_weight.sum()
     assert torch.allclose(focal_loss(logits, labels, sample_weight=sample_weight), expected)
     assert torch.allclose(focal_loss(logits, labels, sample_weight=torch.ones(4)), focal_loss(logits, labels))
+
+
+def test_a_large_ensemble_keeps_its_weights_beside_the_graph_and_the_container_checks_them(lora_run, make_case,
+                                                                                            tmp_path):
+    from training.export import export_model
+
+    _, run_dir, small_dir = lora_run
+    model_dir = tmp_path / "model"
+    spec = export_model([run_dir / "fold_0", run_dir / "fold_1"], model_dir, name="big", external_data=True)
+    data = model_dir / "big.onnx.data"
+    assert spec["onnx_data"] == data.name and len(spec["onnx_data_sha256"]) == 64
+    assert data.stat().st_size > 10 * (model_dir / "big.onnx").stat().st_size  # the weights are outside the graph
+    rng = np.random.default_rng(4)
+    pages = np.stack([make_patch(rng, atypical=i % 2 == 0) for i in range(3)])
+    case = make_case(pages)
+
+    def run(model: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(ROOT / "process.py"), "--input", str(case), "--output",
+                               str(tmp_path / model.name / "out"), "--model", str(model)],
+                              capture_output=True, text=True, timeout=300)
+
+    def confidences(model: Path) -> list:
+        assert run(model).returncode == 0
+        output = tmp_path / model.name / "out" / "multiple-mitotic-figure-classification.json"
+        return [r["confidence"] for r in json.loads(output.read_text())]
+
+    # the same members with their weights inside the graph give the same probabilities
+    assert confidences(model_dir) == pytest.approx(confidences(small_dir), abs=1e-5)
+    with data.open("r+b") as handle:  # one flipped byte in the weights
+        handle.seek(100)
+        byte = handle.read(1)
+        handle.seek(100)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    damaged = run(model_dir)
+    assert damaged.returncode != 0 and "onnx_data_sha256" in damaged.stderr

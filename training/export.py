@@ -39,6 +39,9 @@ OPSET = 18
 PARITY_TOLERANCE = 1e-4
 FP16_TOLERANCE = 1e-2  # float16 weights and activations: about 3 significant digits
 PARITY_PATCHES = 64
+# ONNX files are protobufs, which cannot exceed 2 GB: larger ensembles (foundation-model folds)
+# keep their weights in one external data file, `<name>.onnx.data`, beside the graph.
+EXTERNAL_DATA_ABOVE_BYTES = 1_500_000_000
 
 
 class ExportError(RuntimeError):
@@ -90,19 +93,41 @@ def to_float16(onnx_path: Path) -> None:
     """
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    onnx.save(convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True), str(onnx_path))
+    save_onnx(convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True), onnx_path,
+              external=data_file(onnx_path).is_file())
 
 
-def _to_onnx(ensemble: torch.nn.Module, path: Path) -> None:
+def data_file(onnx_path: Path) -> Path:
+    """Where a graph's external weights lie, when it has them."""
+    return onnx_path.with_name(onnx_path.name + ".data")
+
+
+def save_onnx(model: onnx.ModelProto, path: Path, external: bool) -> None:
+    """Write `model` to `path` (weights in `data_file(path)` when `external`) and check the files."""
+    data_file(path).unlink(missing_ok=True)  # onnx appends to an existing data file
+    if external:
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=data_file(path).name, size_threshold=1024)
+        onnx.checker.check_model(str(path), full_check=True)  # by path: a >2 GB model cannot be checked in memory
+    else:
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save(model, str(path))
+
+
+def weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers (what its graph's weights will take)."""
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def _to_onnx(ensemble: torch.nn.Module, path: Path, external: bool = False) -> None:
     example = torch.zeros(2, PATCH_SIZE, PATCH_SIZE, 3, dtype=torch.uint8)
     torch.onnx.export(
         ensemble, (example,), str(path), input_names=["patches"], output_names=["p_atypical"],
         dynamic_shapes={"patches": {0: torch.export.Dim("N", min=1, max=65536)}},
-        opset_version=OPSET, dynamo=True, external_data=False, verbose=False)
-    model = onnx.load(str(path))
+        opset_version=OPSET, dynamo=True, external_data=external, verbose=False)
+    model = onnx.load(str(path))  # with its external data, if any, into memory
     _drop_debug_records(model)
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
+    save_onnx(model, path, external)
 
 
 def _drop_debug_records(model: onnx.ModelProto) -> None:
@@ -201,6 +226,8 @@ def _model_json(name, onnx_path, threshold, views, members, metrics, training) -
         "name": name,
         "onnx": onnx_path.name,
         "onnx_sha256": sha256_of(onnx_path),
+        **({"onnx_data": data_file(onnx_path).name, "onnx_data_sha256": sha256_of(data_file(onnx_path))}
+           if data_file(onnx_path).is_file() else {}),
         "input": {"name": "patches", "dtype": "uint8", "layout": "NHWC",
                   "height": PATCH_SIZE, "width": PATCH_SIZE, "channels": 3},
         "output": {"name": "p_atypical"},
@@ -233,7 +260,7 @@ def _check_the_container_accepts(model_dir: Path) -> None:
 def _install(staging: Path, out_dir: Path) -> None:
     """Replace the model files in `out_dir` with the staged ones (other files are left alone)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for old in list(out_dir.glob("*.onnx")) + [out_dir / "model.json"]:
+    for old in [*out_dir.glob("*.onnx"), *out_dir.glob("*.onnx.data"), out_dir / "model.json"]:
         old.unlink(missing_ok=True)
     for new in staging.iterdir():
         shutil.move(str(new), out_dir / new.name)
@@ -259,8 +286,11 @@ def calibrate(pooled: dict[str, dict], plot_path: Path | None) -> tuple[float, d
 
 
 def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_root: str | None = None,
-                 fp16: bool = False, calibration: bool = True) -> dict:
+                 fp16: bool = False, calibration: bool = True, external_data: bool | None = None) -> dict:
     """Export `fold_folders` as one ensemble into `out_dir`; returns the model.json content.
+
+    `external_data`: weights in `<name>.onnx.data` beside the graph; None decides by size
+    (above EXTERNAL_DATA_ABOVE_BYTES of weights), since one ONNX file cannot exceed 2 GB.
 
     With `calibration`, a temperature fitted on the pooled out-of-fold scores goes inside the
     graph, and the threshold and metrics are those of the calibrated probabilities; a reliability
@@ -285,7 +315,8 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".export-") as scratch:
         staging = Path(scratch)
         onnx_path = staging / f"{name}.onnx"
-        _to_onnx(ensemble, onnx_path)
+        external = weight_bytes(ensemble) > EXTERNAL_DATA_ABOVE_BYTES if external_data is None else external_data
+        _to_onnx(ensemble, onnx_path, external)
         parity_patches = _parity_patches(samples)
         difference = check_parity(ensemble, onnx_path, parity_patches)
         if fp16:
@@ -306,7 +337,8 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
         (staging / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
         _check_the_container_accepts(staging)
         _install(staging, out_dir)
-    size_mb = (out_dir / f"{name}.onnx").stat().st_size / 1e6
+    size_mb = sum(path.stat().st_size for path in (out_dir / f"{name}.onnx", data_file(out_dir / f"{name}.onnx"))
+                  if path.is_file()) / 1e6
     print(f"export: {len(members)} members x {len(views)} views -> {out_dir / (name + '.onnx')} ({size_mb:.1f} MB), "
           f"parity {difference:.1e}, threshold {oof['threshold']:.4f}, {time.perf_counter() - started:.0f} s")
     return spec
