@@ -226,3 +226,19 @@ def test_a_large_ensemble_keeps_its_weights_beside_the_graph_and_the_container_c
         handle.write(bytes([byte[0] ^ 0xFF]))
     damaged = run(model_dir)
     assert damaged.returncode != 0 and "onnx_data_sha256" in damaged.stderr
+
+
+def test_gradient_checkpointing_gives_the_adapters_the_same_gradients():
+    gradients = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        network = create_classifier(f"timm:{ARCHITECTURE}", backbone_kwargs={**TINY, "img_size": 64})
+        network.set_grad_checkpointing(checkpointing)
+        wrapped = apply_lora(network, LoraConfig(rank=4, dropout=0.0))
+        for name, parameter in wrapped.named_parameters():
+            if "lora_B" in name:  # zero at the start, which would leave lora_A without gradient
+                parameter.data.normal_(0, 0.01)
+        wrapped.train()(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))).sum().backward()
+        gradients.append({n: p.grad for n, p in wrapped.named_parameters() if "lora_" in n})
+    assert gradients[0].keys() == gradients[1].keys() and gradients[0]
+    assert all(g is not None and torch.allclose(g, gradients[1][n], atol=1e-6) for n, g in gradients[0].items())

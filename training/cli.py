@@ -284,7 +284,7 @@ def _add_study_command(commands) -> None:
         "study", help="train several configs on one split and compare them fold by fold in one report",
         description="Runs every config (the first is the baseline) on one slide-grouped split, optionally also "
                     "leave-one-domain-out, and writes <out>/study.md with per-fold results, paired differences "
-                    "with 95%% intervals, per-domain and leave-one-out tables. Resumes where it stopped. Configs "
+                    "with 95% intervals, per-domain and leave-one-out tables. Resumes where it stopped. Configs "
                     "with a synthetic section get per-fold generators trained first (--synth-config).")
     study.add_argument("--configs", nargs="+", required=True, help="config names or YAML paths; the first is the baseline")
     study.add_argument("--out", type=Path, required=True, help="study folder")

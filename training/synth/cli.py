@@ -203,8 +203,10 @@ def add_synth_steps(steps) -> None:
     pretrain.set_defaults(entry=pretrain_entry)
 
     finetune = steps.add_parser("finetune", help="fine-tune fold k's DiT class-conditionally on its training part",
-                                description="Stage 2: starts from the pre-trained EMA weights; labels normal/atypical, "
-                                            "10%% dropped to the null class for guidance. Resumes an interrupted run.")
+                                description="Stage 2: starts from the pre-trained EMA weights, every class embedding at "
+                                            "the null one; labels normal/atypical, 10% dropped to the null class for "
+                                            "guidance; the class embeddings learn dit.label_lr_scale times faster. "
+                                            "Resumes an interrupted run.")
     _add_training_arguments(finetune)
     finetune.set_defaults(entry=finetune_entry)
 
