@@ -86,9 +86,9 @@ def test_process_py_gives_the_torch_ensemble_probabilities(exported, make_case, 
     from training.ensemble import EnsembleClassifier, Preprocess
 
     members = [load_member(run_dir / f"fold_{k}") for k in (0, 1)]
-    temperature = json.loads((model_dir / "model.json").read_text())["calibration"]["temperature"]
+    calibration = json.loads((model_dir / "model.json").read_text())["calibration"]
     ensemble = EnsembleClassifier([m[0] for m in members], [Preprocess.from_args(m[1]) for m in members],
-                                  temperature=temperature).eval()
+                                  temperature=calibration["temperature"], bias=calibration["bias"]).eval()
     with torch.no_grad():
         expected = ensemble(torch.from_numpy(pages)).numpy()
     threshold = json.loads((model_dir / "model.json").read_text())["threshold"]
@@ -220,13 +220,15 @@ def test_evaluate_refuses_samples_from_slides_the_members_trained_on(exported, t
     assert metrics["held_out"].startswith("proven") and metrics["n"] == len(split["folds"][0]["val_ids"])
 
 
-def test_export_puts_a_fitted_temperature_in_the_graph_unless_told_not_to(exported, tmp_path):
+def test_export_puts_a_fitted_calibration_in_the_graph_unless_told_not_to(exported, tmp_path):
     run_dir, model_dir = exported
     calibration = json.loads((model_dir / "model.json").read_text())["calibration"]
     assert calibration["temperature"] > 0 and calibration["fitted_on"] == "pooled out-of-fold scores, n = 48"
-    assert 0 <= calibration["ece_after"] <= 1 and 0 <= calibration["ece_before"] <= 1
+    assert calibration["map"] == "sigmoid(score / temperature + bias)" and isinstance(calibration["bias"], float)
+    for key in ("ece_before", "ece_after", "ece_after_cross_fitted"):
+        assert 0 <= calibration[key] <= 1
     assert (run_dir / "calibration_tiny.png").stat().st_size > 0
     plain = tmp_path / "plain"
     assert training_cli(["export", str(run_dir), "--out", str(plain), "--name", "plain", "--no-calibration"]) == 0
-    assert json.loads((plain / "model.json").read_text())["calibration"] == {"temperature": 1.0,
+    assert json.loads((plain / "model.json").read_text())["calibration"] == {"temperature": 1.0, "bias": 0.0,
                                                                                "fitted_on": "not calibrated"}

@@ -253,7 +253,8 @@ def _add_export_command(commands) -> None:
                         help="test-time views (default: the training config's, identity + vflip as the seed paper)")
     export.add_argument("--dihedral", action="store_true", help="use all eight flips/rotations as test-time views")
     export.add_argument("--no-calibration", action="store_true",
-                        help="no temperature in the graph (default: one fitted on the pooled out-of-fold scores)")
+                        help="no calibration in the graph (default: a temperature and a bias fitted on the pooled "
+                             "out-of-fold scores)")
     export.add_argument("--fp16", action="store_true",
                         help="float16 weights and arithmetic, for GPUs (checked against PyTorch to 1e-2)")
     export.add_argument("--data-root", help="dataset folder for the parity check, overriding the config's")

@@ -2,7 +2,8 @@
 
 Per member: its own centre crop and normalisation, every test-time view, score =
 logit(atypical) - logit(normal). Scores are averaged over views and members, divided by a
-temperature fitted at export (training.calibration; 1 = none), then a sigmoid (the seed paper's
+temperature and shifted by a bias fitted at export (training.calibration; 1 and 0 = none), then a
+sigmoid (the seed paper's
 rule, and nnU-Net's habit of averaging logits rather than probabilities). Training
 scores its validation fold with `view_scores`, so out-of-fold numbers and the exported graph
 compute the same thing.
@@ -74,7 +75,7 @@ class Preprocess(nn.Module):
 
 
 class EnsembleClassifier(nn.Module):
-    """Members (each with its own preprocessing) x views, averaged as scores, divided by a temperature, a sigmoid.
+    """Members (each with its own preprocessing) x views, averaged as scores, calibrated (T, b), a sigmoid.
 
     Args:
         networks: the trained classifiers (two logits: normal, atypical).
@@ -82,9 +83,10 @@ class EnsembleClassifier(nn.Module):
         views: names of test-time views from VIEWS.
         temperature: the mean score is divided by it before the sigmoid (training.calibration);
             1 leaves the probabilities as the members give them.
+        bias: added to the scaled score before the sigmoid (0: none).
     """
 
-    def __init__(self, networks, preprocessors, views=PAPER_VIEWS, temperature: float = 1.0):
+    def __init__(self, networks, preprocessors, views=PAPER_VIEWS, temperature: float = 1.0, bias: float = 0.0):
         super().__init__()
         if len(networks) != len(preprocessors) or not networks:
             raise ValueError("need one preprocessor per network, and at least one network")
@@ -96,11 +98,11 @@ class EnsembleClassifier(nn.Module):
         self.views = tuple(views)
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = float(temperature)
+        self.temperature, self.bias = float(temperature), float(bias)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         scores = [
             view_scores(network, preprocess(patches), self.views)  # (N,)
             for network, preprocess in zip(self.networks, self.preprocessors)
         ]
-        return torch.sigmoid(torch.stack(scores).mean(dim=0) / self.temperature)  # (N,)
+        return torch.sigmoid(torch.stack(scores).mean(dim=0) / self.temperature + self.bias)  # (N,)

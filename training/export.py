@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from inference.errors import InputError
 from inference.model import load_model, sha256_of
-from training.calibration import calibrated, expected_calibration_error, fit_temperature
+from training.calibration import calibrated, cross_fitted, expected_calibration_error, fit_calibration
 from training.config import ExperimentConfig, config_from_dict
 from training.crossval import check_finished_fold, oof_metrics, pool_rows
 from training.data import CLASSES, PATCH_SIZE, load_images, read_dataset
@@ -234,7 +234,7 @@ def _model_json(name, onnx_path, threshold, views, members, metrics, training) -
         "classes": list(CLASSES),
         "threshold": threshold,
         "threshold_rule": "maximises balanced accuracy of the members' pooled out-of-fold predictions, as the "
-                          "graph computes them (views, temperature)",
+                          "graph computes them (views, calibration)",
         "tta_views": list(views),
         "members": members,
         "training": training,
@@ -266,23 +266,29 @@ def _install(staging: Path, out_dir: Path) -> None:
         shutil.move(str(new), out_dir / new.name)
 
 
-def calibrate(pooled: dict[str, dict], plot_path: Path | None) -> tuple[float, dict]:
-    """Fit the temperature on pooled out-of-fold scores; set each row's probability to the calibrated one.
+def calibrate(pooled: dict[str, dict], plot_path: Path | None) -> tuple[float, float, dict]:
+    """Fit (T, b) on pooled out-of-fold scores; set each row's probability to the calibrated one.
 
-    Returns (temperature, what model.json records); with `plot_path`, a reliability plot before/after.
+    Returns (temperature, bias, what model.json records); with `plot_path`, a reliability plot
+    before/after. The record has the ECE before, after (fitted on the same scores) and after with
+    each fold mapped by a fit on the other folds only (`ece_after_cross_fitted`: the honest one).
     """
     rows = list(pooled.values())
     scores, labels = np.array([r["score"] for r in rows]), np.array([r["label"] for r in rows])
-    temperature = fit_temperature(scores, labels)
-    before, after = calibrated(scores, 1.0), calibrated(scores, temperature)
+    temperature, bias = fit_calibration(scores, labels)
+    before, after = calibrated(scores, 1.0), calibrated(scores, temperature, bias)
     for row, probability in zip(rows, after):
         row["probability"] = float(probability)
-    record = {"temperature": temperature, "fitted_on": f"pooled out-of-fold scores, n = {len(rows)}",
+    folds = np.array([str(r["fold"]) for r in rows])
+    record = {"map": "sigmoid(score / temperature + bias)", "temperature": temperature, "bias": bias,
+              "fitted_on": f"pooled out-of-fold scores, n = {len(rows)}",
               "ece_before": expected_calibration_error(labels, before),
               "ece_after": expected_calibration_error(labels, after)}
+    if len(set(folds)) > 1:
+        record["ece_after_cross_fitted"] = expected_calibration_error(labels, cross_fitted(scores, labels, folds))
     if plot_path is not None:
-        plot_calibration(labels, before, after, temperature, plot_path)
-    return temperature, record
+        plot_calibration(labels, before, after, f"T {temperature:.2f}, b {bias:+.2f}", plot_path)
+    return temperature, bias, record
 
 
 def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_root: str | None = None,
@@ -292,7 +298,7 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
     `external_data`: weights in `<name>.onnx.data` beside the graph; None decides by size
     (above EXTERNAL_DATA_ABOVE_BYTES of weights), since one ONNX file cannot exceed 2 GB.
 
-    With `calibration`, a temperature fitted on the pooled out-of-fold scores goes inside the
+    With `calibration`, a temperature and a bias fitted on the pooled out-of-fold scores go inside the
     graph, and the threshold and metrics are those of the calibrated probabilities; a reliability
     plot before/after is written to the first member's run folder as calibration_<name>.png.
     """
@@ -305,11 +311,11 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
     views = list(views or first_config.tta_views)
     samples = read_dataset(first_config.data.kind, data_root or first_config.data.root, slides=first_config.data.slides)
     pooled = oof_for_views(fold_folders, members, samples, views, spacing_um=first_config.data.slides_spacing_um)
-    temperature, calibration_record = (calibrate(pooled, Path(fold_folders[0]).parent / f"calibration_{name}.png")
-                                       if calibration else (1.0, None))
+    temperature, bias, calibration_record = (
+        calibrate(pooled, Path(fold_folders[0]).parent / f"calibration_{name}.png") if calibration else (1.0, 0.0, None))
     oof = oof_metrics(pooled, samples)
     ensemble = EnsembleClassifier([m[0] for m in members], [Preprocess.from_args(m[1]) for m in members], views,
-                                  temperature=temperature).eval()
+                                  temperature=temperature, bias=bias).eval()
     out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".export-") as scratch:
@@ -332,7 +338,7 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
         metrics = {"oof": oof, "oof_views": list(views), "export_parity_max_abs_difference": difference}
         spec = _model_json(name, onnx_path, oof["threshold"], views, member_info, metrics, training)
         spec["precision"] = "float16" if fp16 else "float32"
-        spec["calibration"] = calibration_record or {"temperature": 1.0, "fitted_on": "not calibrated"}
+        spec["calibration"] = calibration_record or {"temperature": 1.0, "bias": 0.0, "fitted_on": "not calibrated"}
         spec["confidence"] = "p_atypical"  # the Track 2 contract; the container refuses any other value
         (staging / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
         _check_the_container_accepts(staging)

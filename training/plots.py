@@ -149,11 +149,11 @@ def save_figure(figure, path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
-def plot_calibration(labels, before, after, temperature: float, path: Path) -> None:
-    """Reliability before and after temperature scaling: observed share atypical per bin of predicted P."""
+def plot_calibration(labels, before, after, map_label: str, path: Path) -> None:
+    """Reliability before and after calibration (`map_label` names the map): observed share atypical per bin of P."""
     figure = Figure(figsize=(5, 5))
     axes = figure.subplots()
-    for probabilities, label in ((before, "as trained"), (after, f"temperature {temperature:.2f}")):
+    for probabilities, label in ((before, "as trained"), (after, f"calibrated: {map_label}")):
         observed, predicted = calibration_curve(labels, probabilities, n_bins=10, strategy="quantile")
         axes.plot(predicted, observed, "o-", label=label)
     axes.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
