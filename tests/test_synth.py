@@ -370,5 +370,14 @@ def test_a_generator_made_before_the_class_fix_is_refused(workspace, tmp_path):
     record = json.loads(provenance.read_text())
     record.pop("generator_version")
     provenance.write_text(json.dumps(record))
+    run = load_run(tmp_path / "gen")
     with pytest.raises(ValueError, match="generator version 1, this code is version 2"):
-        load_generator(load_run(tmp_path / "gen"), 0, torch.device("cpu"))
+        load_generator(run, 0, torch.device("cpu"))
+    with pytest.raises(ValueError, match="generator version 1"):  # even where every image is already drawn
+        write_samples(run, 0, label=1, n=2, dest=run.fold_dir(0), options=default_options(run),
+                      device=torch.device("cpu"), show_progress=False)
+    from training.synth.quality import quality_report
+
+    with pytest.raises(ValueError, match="generator version 1"):
+        quality_report(run, 0, workspace["classifier"], options=default_options(run), device=torch.device("cpu"),
+                       show_progress=False)

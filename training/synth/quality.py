@@ -32,7 +32,7 @@ from scipy.special import expit
 
 from training.data import CLASSES, load_images, read_manifest
 from training.splits import fold_fingerprint, load_split
-from training.synth.data import to_model_range
+from training.synth.data import read_provenance, to_model_range
 from training.synth.run import GeneratorRun
 from training.synth.sample import SampleOptions, write_samples
 from training.synth.trainer import fold_vae
@@ -189,6 +189,7 @@ def quality_report(run: GeneratorRun, fold, classifier: Path, *, n_per_class: in
     """Measure fold `fold`'s generator against its held-out real patches; write `<fold>/quality/`."""
     fold_data = run.fold_data(fold)
     fold = fold_data.fold
+    read_provenance(run.fold_dir(fold) / "finetune", fold_data, "finetune")  # this fold's, by this code's version
     n = n_per_class or run.config.quality.n_per_class
     judge = load_judge(classifier, fold, run.split)
     out_dir = run.fold_dir(fold) / "quality"

@@ -128,7 +128,9 @@ def _check_previous(dest: Path, record: dict) -> None:
 def write_samples(run: GeneratorRun, fold, *, label: int, n: int, dest: Path, options: SampleOptions,
                   device: torch.device, show_progress: bool = True) -> Path:
     """Draw n images of class `label` into `<dest>/images/` and write `<dest>/manifest.csv`; returns its path."""
-    fold = run.fold_data(fold).fold
+    fold_data = run.fold_data(fold)
+    fold = fold_data.fold
+    read_provenance(run.fold_dir(fold) / "finetune", fold_data, "finetune")  # images of an older version are not reused
     dest = Path(dest)
     (dest / "images").mkdir(parents=True, exist_ok=True)
     generator_name = f"{run.config.name}:fold{fold}"
