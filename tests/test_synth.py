@@ -223,12 +223,23 @@ def test_quality_report_compares_with_held_out_patches_and_writes_a_synthetic_on
     assert 0 <= atypical["share_called_atypical_synthetic"] <= 1
     results = json.loads((workspace["classifier"] / "results.json").read_text())
     assert report["judge"]["threshold"] == results["oof"]["threshold"]
-    assert (out_dir / "samples_normal" / "manifest.csv").is_file()  # the balance set holds atypical only
+    # the balance set holds atypical only, drawn with the same settings: normal ones are drawn for the report
+    assert (out_dir / "samples_normal_guidance2_steps2_dpm_seed0" / "manifest.csv").is_file()
+    assert atypical["sampling"]["manifest"].endswith("fold_0/manifest.csv")
     for name in ("quality.md", "gallery.png", "gallery_synthetic.png"):
         assert (out_dir / name).stat().st_size > 0
     assert 0 <= report["class_effect_auroc"] <= 1 and 0 <= report["class_effect_auroc_real_validation"] <= 1
     assert 0 <= atypical["memorisation"]["share_closer_than_real_p05"] <= 1
     assert "class effect AUROC" in capsys.readouterr().out
+
+    # other sampling settings: both classes drawn anew with them, not the balance set's guidance-2 images
+    assert training_cli(["synth", "quality", str(workspace["generator"]), "--fold", "0", "--guidance", "3",
+                         "--classifier", str(workspace["classifier"]), "--quiet"]) == 0
+    other = json.loads((out_dir / "quality.json").read_text())["per_class"]
+    assert {other[c]["sampling"]["guidance"] for c in ("normal", "atypical")} == {"3.0"}
+    assert (out_dir / "samples_atypical_guidance3_steps2_dpm_seed0" / "manifest.csv").is_file()
+    assert training_cli(["synth", "quality", str(workspace["generator"]), "--fold", "0",
+                         "--classifier", str(workspace["classifier"]), "--quiet"]) == 0
 
     out = workspace["base"] / "summary.json"
     assert training_cli(["synth", "summary", str(workspace["generator"]), "--fold", "0", "--out", str(out)]) == 0

@@ -106,13 +106,24 @@ def two_sample_auroc(real: np.ndarray, synthetic: np.ndarray, seed: int = 0) -> 
     return float(roc_auc_score(is_synthetic, probabilities))
 
 
+def _drawn_with(rows: list, options: SampleOptions) -> bool:
+    """Whether manifest rows were drawn with these sampling settings (seeds from options.seed on)."""
+    return bool(rows) and all(
+        (row.domain.get("guidance"), row.domain.get("steps"), row.domain.get("sampler"), row.domain.get("seed"))
+        == (str(float(options.guidance)), str(options.steps), options.sampler, str(options.seed + i))
+        for i, row in enumerate(rows))
+
+
 def _synthetic_set(run: GeneratorRun, fold: int, label: int, n: int, options: SampleOptions, device, show_progress):
-    """n synthetic patches of `label`: from the fold's balance manifest when it holds them, else drawn anew."""
+    """n synthetic patches of `label`: from the fold's balance manifest when it holds them drawn with `options`,
+    else drawn anew into a folder named by the settings (both classes then start from the same seeds)."""
     fold_dir = run.fold_dir(fold)
     manifest = fold_dir / "manifest.csv"
-    rows = [s for s in read_manifest(manifest) if s.label == label] if manifest.is_file() else []
-    if len(rows) < n:
-        manifest = write_samples(run, fold, label=label, n=n, dest=fold_dir / "quality" / f"samples_{CLASSES[label]}",
+    rows = [s for s in read_manifest(manifest) if s.label == label][:n] if manifest.is_file() else []
+    if len(rows) < n or not _drawn_with(rows, options):
+        folder = (f"samples_{CLASSES[label]}_guidance{float(options.guidance):g}_steps{options.steps}_"
+                  f"{options.sampler}_seed{options.seed}")
+        manifest = write_samples(run, fold, label=label, n=n, dest=fold_dir / "quality" / folder,
                                  options=options, device=device, show_progress=show_progress)
         rows = read_manifest(manifest)
     settings = {key: rows[0].domain.get(key) for key in ("guidance", "steps", "sampler")}
