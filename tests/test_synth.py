@@ -244,7 +244,8 @@ def test_quality_report_compares_with_held_out_patches_and_writes_a_synthetic_on
     out = workspace["base"] / "summary.json"
     assert training_cli(["synth", "summary", str(workspace["generator"]), "--fold", "0", "--out", str(out)]) == 0
     summary = json.loads(out.read_text())
-    assert summary["config"] == "tiny" and summary["command"].startswith("python -m training synth summary")
+    assert summary["config"] == "tiny" and summary["commands"][1].startswith("python -m training synth summary")
+    assert f"--classifier {workspace['classifier']}" in summary["commands"][0]
     row = summary["folds"][0]
     assert row["fold"] == 0 and row["class_effect_auroc"] == report["class_effect_auroc"]
     assert row["real_vs_synthetic_auroc"] == max(atypical["two_sample_auroc"], normal["two_sample_auroc"])

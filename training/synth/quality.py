@@ -286,6 +286,8 @@ def write_gallery(sets: list, path: Path, columns: int = 8, rows_per_set: int = 
     figure.savefig(path, dpi=100)
 
 
+MAKE_COMMAND = ("python -m training synth all --config {config} --out {run} --fold {folds} "
+                "--split {classifier}/split.json --classifier {classifier}")
 SUMMARY_COMMAND = "python -m training synth summary {run} --fold {folds} --out {out}"
 
 
@@ -318,8 +320,12 @@ def quality_summary(run: GeneratorRun, folds: list, out: Path) -> dict:
             "synthetic_nearer_than_real_p05_atypical": atypical["memorisation"]["share_closer_than_real_p05"],
             "vae_psnr_validation_db": report["vae_psnr_validation_db"],
             "n_synthetic_per_class": atypical["n_synthetic"], "sampling": atypical["sampling"]})
+    folds_text = " ".join(map(str, folds))
+    classifier = Path(report["judge"]["fold_dir"]).parent if rows else "<real-only run>"
     summary = {"config": run.config.name,
-               "command": SUMMARY_COMMAND.format(run=run.root, folds=" ".join(map(str, folds)), out=out),
+               "commands": [MAKE_COMMAND.format(config=run.config.name, run=run.root, folds=folds_text,
+                                                classifier=classifier),
+                            SUMMARY_COMMAND.format(run=run.root, folds=folds_text, out=out)],
                "folds": rows}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(summary, indent=2) + "\n")
