@@ -13,7 +13,7 @@ from training.metrics import (
     binary_metrics,
     cross_validated_threshold_metrics,
 )
-from training.models import BACKBONES, create_classifier, model_args
+from training.models import BACKBONES, FOUNDATION_MODELS, create_classifier, model_args
 
 # --- metrics ------------------------------------------------------------------------------------
 
@@ -108,8 +108,9 @@ def test_no_augmentation_config_changes_nothing():
 
 # --- models and views ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("backbone", [name for name in BACKBONES if name not in FOUNDATION_MODELS])
 def test_every_backbone_runs_forward_and_backward(backbone):
+    # foundation models (up to 1.1 B parameters) are built on the meta device in test_lora.py
     network = create_classifier(**model_args(backbone))
     logits = network(torch.rand(2, 3, 128, 128))
     assert logits.shape == (2, 2) and torch.isfinite(logits).all()
