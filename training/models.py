@@ -83,43 +83,49 @@ BACKBONES = {
 # card's 224 px to our input by timm's checkpoint_filter_fn at load. Layer classes are dotted names
 # (resolved when the network is built) so that the registry stays plain data for model.json.
 _SWIGLU = {"mlp_layer": "timm.layers.SwiGLUPacked", "act_layer": "torch.nn.SiLU"}
+
+
+def _foundation(timm_name: str, input_size: int, note: str, source: str, timm_kwargs: dict | None = None,
+                **normalisation) -> BackboneSpec:
+    """A foundation-model entry: timm builds it at `input_size` (position embeddings resized at load)."""
+    return BackboneSpec(timm_name, timm_kwargs={"img_size": input_size, **(timm_kwargs or {})},
+                        input_size=input_size, note=note, source=source, **normalisation)
+
+
 FOUNDATION_MODELS = {
-    "uni": BackboneSpec(
-        "vit_large_patch16_224", timm_kwargs={"img_size": 128, "init_values": 1e-5}, input_size=128,
-        note="UNI ViT-L/16, 303 M parameters, 100 M pathology patches (local weights, GPU)",
-        source="MahmoodLab/UNI model card; Chen et al., Nature Medicine 2024"),
-    "uni2_h": BackboneSpec(
-        "vit_giant_patch14_224", input_size=126, timm_kwargs={
-            "img_size": 126, "patch_size": 14, "depth": 24, "num_heads": 24, "init_values": 1e-5, "embed_dim": 1536,
-            "mlp_ratio": 2.66667 * 2, "no_embed_class": True, "reg_tokens": 8, **_SWIGLU},
-        note="UNI2-h ViT-H/14 with 8 register tokens, 681 M parameters (local weights, GPU)",
-        source="MahmoodLab/UNI2-h model card"),
-    "virchow2": BackboneSpec(
-        "vit_huge_patch14_224", input_size=126, timm_kwargs={
-            "img_size": 126, "init_values": 1e-5, "mlp_ratio": 5.3375, "reg_tokens": 4, **_SWIGLU},
-        note="Virchow2 ViT-H/14 with 4 register tokens, 632 M parameters; class-token head (local weights, GPU)",
-        source="paige-ai/Virchow2 model card; Zimmermann et al., arXiv 2408.00738"),
-    "h_optimus_0": BackboneSpec(
-        "vit_giant_patch14_reg4_dinov2", input_size=126, mean=(0.707223, 0.578729, 0.703617),
-        std=(0.211883, 0.230117, 0.177517), timm_kwargs={"img_size": 126, "init_values": 1e-5},
-        note="H-optimus-0 ViT-g/14 with 4 register tokens, 1.1 B parameters (local weights, GPU)",
-        source="bioptimus/H-optimus-0 model card"),
-    "dinov2_vits14": BackboneSpec(
-        "vit_small_patch14_dinov2", input_size=126, timm_kwargs={"img_size": 126},
-        note="DINOv2 ViT-S/14, 22 M parameters, natural images (local weights)",
-        source="timm vit_small_patch14_dinov2.lvd142m; Oquab et al., TMLR 2024"),
-    "dinov2_vitl14_reg": BackboneSpec(
-        "vit_large_patch14_reg4_dinov2", input_size=126, timm_kwargs={"img_size": 126},
-        note="DINOv2 ViT-L/14 with 4 register tokens, 304 M parameters (local weights, GPU)",
-        source="timm vit_large_patch14_reg4_dinov2.lvd142m; Darcet et al., ICLR 2024"),
-    "dinov3_vits16": BackboneSpec(
-        "vit_small_patch16_dinov3", input_size=128, timm_kwargs={"img_size": 128},
-        note="DINOv3 ViT-S/16 with RoPE and 4 register tokens, 22 M parameters (local weights)",
-        source="timm vit_small_patch16_dinov3.lvd1689m; Simeoni et al., arXiv 2508.10104"),
-    "dinov3_vith16plus": BackboneSpec(
-        "vit_huge_plus_patch16_dinov3", input_size=128, timm_kwargs={"img_size": 128},
-        note="DINOv3 ViT-H+/16, 840 M parameters: the MIDOG 2025 Track 2 winner's backbone (local weights, GPU)",
-        source="timm vit_huge_plus_patch16_dinov3.lvd1689m; arXiv 2508.10104, 2508.21041"),
+    "uni": _foundation(
+        "vit_large_patch16_224", 128, "UNI ViT-L/16, 303 M parameters, 100 M pathology patches (local weights, GPU)",
+        "MahmoodLab/UNI model card; Chen et al., Nature Medicine 2024", {"init_values": 1e-5}),
+    "uni2_h": _foundation(
+        "vit_giant_patch14_224", 126, "UNI2-h ViT-H/14 with 8 register tokens, 681 M parameters (local weights, GPU)",
+        "MahmoodLab/UNI2-h model card", {"patch_size": 14, "depth": 24, "num_heads": 24, "init_values": 1e-5,
+                                         "embed_dim": 1536, "mlp_ratio": 2.66667 * 2, "no_embed_class": True,
+                                         "reg_tokens": 8, **_SWIGLU}),
+    "virchow2": _foundation(
+        "vit_huge_patch14_224", 126,
+        "Virchow2 ViT-H/14 with 4 register tokens, 632 M parameters; class-token head (local weights, GPU)",
+        "paige-ai/Virchow2 model card; Zimmermann et al., arXiv 2408.00738",
+        {"init_values": 1e-5, "mlp_ratio": 5.3375, "reg_tokens": 4, **_SWIGLU}),
+    "h_optimus_0": _foundation(
+        "vit_giant_patch14_reg4_dinov2", 126,
+        "H-optimus-0 ViT-g/14 with 4 register tokens, 1.1 B parameters (local weights, GPU)",
+        "bioptimus/H-optimus-0 model card", {"init_values": 1e-5},
+        mean=(0.707223, 0.578729, 0.703617), std=(0.211883, 0.230117, 0.177517)),
+    "dinov2_vits14": _foundation(
+        "vit_small_patch14_dinov2", 126, "DINOv2 ViT-S/14, 22 M parameters, natural images (local weights)",
+        "timm vit_small_patch14_dinov2.lvd142m; Oquab et al., TMLR 2024"),
+    "dinov2_vitl14_reg": _foundation(
+        "vit_large_patch14_reg4_dinov2", 126,
+        "DINOv2 ViT-L/14 with 4 register tokens, 304 M parameters (local weights, GPU)",
+        "timm vit_large_patch14_reg4_dinov2.lvd142m; Darcet et al., ICLR 2024"),
+    "dinov3_vits16": _foundation(
+        "vit_small_patch16_dinov3", 128,
+        "DINOv3 ViT-S/16 with RoPE and 4 register tokens, 22 M parameters (local weights)",
+        "timm vit_small_patch16_dinov3.lvd1689m; Simeoni et al., arXiv 2508.10104"),
+    "dinov3_vith16plus": _foundation(
+        "vit_huge_plus_patch16_dinov3", 128,
+        "DINOv3 ViT-H+/16, 840 M parameters: the MIDOG 2025 Track 2 winner's backbone (local weights, GPU)",
+        "timm vit_huge_plus_patch16_dinov3.lvd1689m; arXiv 2508.10104, 2508.21041"),
 }
 BACKBONES.update(FOUNDATION_MODELS)
 TIMM_PREFIX = "timm:"  # `timm:<architecture>`: any timm model, with the config's backbone_kwargs

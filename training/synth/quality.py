@@ -296,13 +296,14 @@ def quality_summary(run: GeneratorRun, folds: list, out: Path) -> dict:
 
     `real_vs_synthetic_auroc` is the larger (worse) of the two classes' two-sample ROC AUCs.
     """
-    rows = []
+    rows, classifiers = [], set()
     for fold in folds:
         path = run.fold_dir(fold) / "quality" / "quality.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; run `python -m training synth quality {run.root} --fold {fold} "
                                     f"--classifier <real-only run>` first")
         report = json.loads(path.read_text())
+        classifiers.add(str(Path(report["judge"]["fold_dir"]).parent))
         normal, atypical = report["per_class"]["normal"], report["per_class"]["atypical"]
         rows.append({
             "fold": report["fold"], "class_effect_auroc": report["class_effect_auroc"],
@@ -321,7 +322,7 @@ def quality_summary(run: GeneratorRun, folds: list, out: Path) -> dict:
             "vae_psnr_validation_db": report["vae_psnr_validation_db"],
             "n_synthetic_per_class": atypical["n_synthetic"], "sampling": atypical["sampling"]})
     folds_text = " ".join(map(str, folds))
-    classifier = Path(report["judge"]["fold_dir"]).parent if rows else "<real-only run>"
+    classifier = classifiers.pop() if len(classifiers) == 1 else "<real-only run>"  # one judge run for all folds
     summary = {"config": run.config.name,
                "commands": [MAKE_COMMAND.format(config=run.config.name, run=run.root, folds=folds_text,
                                                 classifier=classifier),
