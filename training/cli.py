@@ -12,6 +12,7 @@ from pathlib import Path
 
 from training.models import BACKBONES
 from training.synth.cli import add_synth_commands
+from training.thresholds import DEFAULT_RULE, RULES
 
 
 # command-line option -> the config field it overrides (options a command lacks are skipped)
@@ -27,11 +28,11 @@ def _config_with_overrides(args):
 
 
 def split_entry(args) -> int:
-    from training.data import read_dataset
+    from training.data import config_samples
     from training.splits import save_split, split_for
 
     config = _config_with_overrides(args)
-    samples = read_dataset(config.data.kind, config.data.root, slides=config.data.slides)
+    samples = config_samples(config.data)
     overrides = {"n_folds": args.folds, "seed": args.seed, "stratify": args.stratify, "leave_out": args.leave_out}
     split = split_for(samples, dataclasses.replace(config.split, **{k: v for k, v in overrides.items() if v is not None}))
     save_split(split, args.out)
@@ -62,10 +63,10 @@ def train_entry(args) -> int:
 def report_entry(args) -> int:
     from training.config import load_config
     from training.crossval import pool_results
-    from training.data import read_dataset
+    from training.data import config_samples
 
     config = load_config(str(args.run / "config.yaml"))
-    samples = read_dataset(config.data.kind, args.data_root or config.data.root, slides=config.data.slides)
+    samples = config_samples(config.data, args.data_root)
     pool_results(args.run, samples)
     print(f"report: {args.run / 'results.md'}")
     return 0
@@ -89,7 +90,7 @@ def export_entry(args) -> int:
 
     views = DIHEDRAL_VIEWS if args.dihedral else args.views
     export_model(_fold_folders(args.runs), args.out, name=args.name, views=views, data_root=args.data_root,
-                 fp16=args.fp16, calibration=not args.no_calibration)
+                 fp16=args.fp16, calibration=not args.no_calibration, threshold_rule=args.threshold_rule)
     return 0
 
 
@@ -152,11 +153,11 @@ def _synthetic_preparer(args):
 
 
 def _evaluation_samples(args):
-    from training.data import read_dataset
+    from training.data import config_samples
     from training.splits import fold_indices, load_split
 
     config = _config_with_overrides(args)
-    samples = read_dataset(config.data.kind, config.data.root, slides=config.data.slides)
+    samples = config_samples(config.data)
     if args.fold is None:
         return samples
     if not args.split:
@@ -258,6 +259,9 @@ def _add_export_command(commands) -> None:
     export.add_argument("--fp16", action="store_true",
                         help="float16 weights and arithmetic, for GPUs (checked against PyTorch to 1e-2)")
     export.add_argument("--data-root", help="dataset folder for the parity check, overriding the config's")
+    export.add_argument("--threshold-rule", choices=list(RULES), default=DEFAULT_RULE,
+                        help=f"how the threshold is chosen from the out-of-fold predictions (default: {DEFAULT_RULE}; "
+                             "see training/thresholds.py and `threshold-transfer`)")
     export.set_defaults(entry=export_entry)
 
 
@@ -299,6 +303,33 @@ def _add_study_command(commands) -> None:
     study.set_defaults(entry=study_entry)
 
 
+def threshold_transfer_entry(args) -> int:
+    from training.threshold_transfer import run_threshold_transfer
+
+    results = run_threshold_transfer(_config_with_overrides(args), args.out, holdouts=args.holdouts,
+                                     show_progress=not args.quiet)
+    shortfall = ", ".join(f"{rule} {value:.3f}" for rule, value in results["mean_shortfall"].items())
+    print(f"threshold-transfer: shortfall in balanced accuracy from the held-out best: {shortfall}; transfers best: "
+          f"{results['transfers_best']}; report: {args.out / 'transfer.md'}")
+    return 0
+
+
+def _add_threshold_transfer_command(commands) -> None:
+    transfer = commands.add_parser(
+        "threshold-transfer", help="hold slides out, train and export without them, and test every threshold rule there",
+        description="For each held-out group (a fold of the config's split), trains the config's cross-validation on "
+                    "the other slides, exports it (config views and all eight), scores the held-out patches with "
+                    "the exported graph, and compares each threshold rule with the best threshold on those patches. "
+                    "Writes <out>/transfer.md, transfer.json, transfer.png. Resumes where it stopped.")
+    _add_config_arguments(transfer)
+    transfer.add_argument("--out", type=Path, required=True, help="output folder")
+    transfer.add_argument("--holdouts", nargs="+", type=int, default=[0],
+                          help="folds of the config's split to hold out, one after another (default: 0)")
+    transfer.add_argument("--epochs", type=int, help="override the config's optim.epochs (for quick looks)")
+    transfer.add_argument("--quiet", action="store_true", help="no progress bars")
+    transfer.set_defaults(entry=threshold_transfer_entry)
+
+
 def _add_report_command(commands) -> None:
     report = commands.add_parser("report", help="re-pool a run's out-of-fold predictions; rewrite results.md and plots")
     report.add_argument("run", type=Path, help="run folder (holds config.yaml and fold_*/)")
@@ -331,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_command(commands)
     _add_evaluate_command(commands)
     _add_study_command(commands)
+    _add_threshold_transfer_command(commands)
     _add_report_command(commands)
     _add_sample_command(commands)
     add_synth_commands(commands)

@@ -25,6 +25,7 @@ class DataConfig:
     root: str = "data/amibr-dev"
     slides: str | None = None  # midog25 only: folder of original images to cut patches from
     slides_spacing_um: float | None = None  # their microns per pixel, when not about 0.25 (resampled)
+    exclude_slides: list = field(default_factory=list)  # slides never read: held out of everything (threshold-transfer)
 
 
 @dataclass
@@ -94,6 +95,7 @@ class ExperimentConfig:
     weights: str | None = None  # start from a local weight file or folder instead
     backbone_kwargs: dict = field(default_factory=dict)  # over the backbone's timm kwargs (e.g. depth for timm:<arch>)
     input_crop: int | None = None  # centre crop (pixels) fed to the network; None: the whole patch
+    stain_norm: str = "none"  # "reinhard": each patch's Lab mean/std moved to its training fold's (training/stain.py)
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -17,7 +17,7 @@ import numpy as np
 from scipy.special import expit
 
 from training.config import ExperimentConfig, save_config
-from training.data import labels_of, load_images, read_dataset, read_manifest
+from training.data import config_samples, labels_of, load_images, read_manifest
 from training.metrics import best_threshold, binary_metrics, cross_validated_threshold_metrics
 from training.report import write_report
 from training.splits import fold_fingerprint, fold_indices, load_split, save_split, split_for, split_fingerprint
@@ -128,7 +128,7 @@ def run_crossval(config: ExperimentConfig, run_dir: Path, *, folds=None, split_p
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_main_process():
         save_config(config, run_dir / "config.yaml")
-    samples = read_dataset(config.data.kind, config.data.root, slides=config.data.slides)
+    samples = config_samples(config.data)
     split = prepare_split(config, samples, run_dir, split_path)
     images = load_images(samples, progress=show_progress, spacing_um=config.data.slides_spacing_um)
     _train_folds(config, samples, images, split, run_dir, folds, show_progress)
@@ -164,13 +164,13 @@ def pool_rows(rows_by_folder: list[tuple[Path, list[dict]]]) -> dict[str, dict]:
     return pooled
 
 
-def oof_metrics(pooled: dict[str, dict], samples=None) -> dict:
-    """Threshold (max balanced accuracy) and metrics of pooled out-of-fold predictions."""
+def oof_metrics(pooled: dict[str, dict], samples=None, threshold: float | None = None) -> dict:
+    """Metrics of pooled out-of-fold predictions at `threshold` (None: the one maximising balanced accuracy)."""
     rows = list(pooled.values())
     labels = np.array([r["label"] for r in rows])
     probabilities = np.array([r["probability"] for r in rows])
     folds = np.array([str(r["fold"]) for r in rows])
-    threshold = best_threshold(labels, probabilities)
+    threshold = best_threshold(labels, probabilities) if threshold is None else float(threshold)
     per_fold = {fold: binary_metrics(labels[folds == fold], probabilities[folds == fold], threshold)
                 for fold in sorted(set(folds))}
     aucs = [m["roc_auc"] for m in per_fold.values()]

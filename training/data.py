@@ -186,6 +186,16 @@ def read_dataset(kind: str, root: Path, **options) -> list[Sample]:
     return samples
 
 
+def config_samples(data, root: str | Path | None = None) -> list[Sample]:
+    """The samples a DataConfig names: its dataset (at `root` instead, if given) less its excluded slides."""
+    samples = read_dataset(data.kind, root or data.root, slides=data.slides)
+    excluded = set(data.exclude_slides)
+    unknown = excluded - {sample.slide for sample in samples}
+    if unknown:
+        raise DataError(f"data.exclude_slides names {len(unknown)} slides the dataset lacks, e.g. {sorted(unknown)[0]}")
+    return [sample for sample in samples if sample.slide not in excluded] if excluded else samples
+
+
 def fit_to_size(image: np.ndarray, size: int = PATCH_SIZE) -> np.ndarray:
     """Centre-crop or centre-pad (black) an (H, W, 3) image to (size, size, 3), per axis."""
     return crops.fit_centred(image, height=size, width=size)

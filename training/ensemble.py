@@ -12,6 +12,8 @@ compute the same thing.
 import torch
 from torch import nn
 
+from training.stain import stain_module
+
 VIEWS = {
     "identity": lambda x: x,
     "vflip": lambda x: torch.flip(x, dims=[2]),
@@ -35,27 +37,30 @@ def view_scores(network: nn.Module, images: torch.Tensor, views=PAPER_VIEWS) -> 
 
 
 class Preprocess(nn.Module):
-    """A member's input preparation: centre crop, then per-channel mean/std normalisation.
+    """A member's input preparation: stain normalisation (optional), centre crop, mean/std normalisation.
 
     Args:
         mean: per-channel mean (RGB, on pixels scaled to [0, 1]).
         std: per-channel standard deviation.
         crop: side of the centre crop in pixels; None keeps the whole patch. The figure sits in
             the centre of every patch, so a crop spends the network on it rather than on stroma.
+        stain: a per-patch stain normaliser on float RGB in [0, 1] (training.stain), applied to the
+            whole patch before the crop; None: none.
     """
 
-    def __init__(self, mean, std, crop: int | None = None):
+    def __init__(self, mean, std, crop: int | None = None, stain: nn.Module | None = None):
         super().__init__()
         mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.register_buffer("scale", 1.0 / std)
         self.register_buffer("shift", mean / std)
         self.crop = crop
+        self.stain = stain
 
     @classmethod
     def from_args(cls, model_args: dict) -> "Preprocess":
         """The preprocessing recorded in a checkpoint's model_args."""
-        return cls(model_args["mean"], model_args["std"], model_args.get("crop"))
+        return cls(model_args["mean"], model_args["std"], model_args.get("crop"), stain_module(model_args.get("stain")))
 
     def _centre(self, images: torch.Tensor, height_axis: int) -> torch.Tensor:
         if self.crop is None:
@@ -66,11 +71,15 @@ class Preprocess(nn.Module):
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) -> normalised float (N, 3, crop, crop)."""
+        if self.stain is not None:  # the whole patch's colour statistics, then the crop
+            return self.unit(patches.permute(0, 3, 1, 2).float() / 255.0)
         pixels = self._centre(patches, 1).permute(0, 3, 1, 2).float()  # (N, 3, h, w) in [0, 255]
         return pixels * (self.scale / 255.0) - self.shift
 
     def unit(self, images: torch.Tensor) -> torch.Tensor:
         """Float (N, 3, H, W) images in [0, 1] (training batches) -> normalised (N, 3, crop, crop)."""
+        if self.stain is not None:
+            images = self.stain(images)
         return self._centre(images, 2) * self.scale - self.shift
 
 

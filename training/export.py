@@ -3,7 +3,8 @@
 Export is its own step with its checks built in (timm's `onnx_export`/`onnx_validate`): the graph
 must pass `onnx.checker`, and ONNX Runtime must agree with PyTorch on real patches to within
 1e-4 in probability, or nothing is written. The threshold is the one that maximises balanced
-accuracy on the members' pooled out-of-fold predictions. The format is docs/model-format.md.
+accuracy on the members' pooled out-of-fold predictions (or another rule of training.thresholds).
+The format is docs/model-format.md.
 """
 
 import json
@@ -26,12 +27,13 @@ from inference.model import load_model, sha256_of
 from training.calibration import calibrated, cross_fitted, expected_calibration_error, fit_calibration
 from training.config import ExperimentConfig, config_from_dict
 from training.crossval import check_finished_fold, oof_metrics, pool_rows
-from training.data import CLASSES, PATCH_SIZE, load_images, read_dataset
+from training.data import CLASSES, PATCH_SIZE, config_samples, load_images
 from training.ensemble import EnsembleClassifier, Preprocess
 from training.lora import rebuild
 from training.models import create_classifier
 from training.plots import plot_calibration
 from training.splits import fold_fingerprint, fold_indices, load_split, slide_digest, split_fingerprint
+from training.thresholds import DEFAULT_RULE, DESCRIPTIONS, check_rule, rule_thresholds
 from training.torch_compat import import_timm
 from training.train import predict_scores, read_oof
 
@@ -165,7 +167,8 @@ def _member_info(fold_dir: Path, args: dict, fold, split: dict | None) -> dict:
             "fold_sha256": fold_fingerprint(split, fold) if split is not None and fold != "all" else None,
             "split_sha256": split_fingerprint(split) if split is not None else None,
             "mean": args["mean"], "std": args["std"], "crop": args.get("crop"),
-            "checkpoint_sha256": sha256_of(fold_dir / "model.safetensors")}
+            "checkpoint_sha256": sha256_of(fold_dir / "model.safetensors"),
+            **({"stain": args["stain"]} if args.get("stain") else {})}
 
 
 def training_slide_digests(member_splits, samples) -> list[str] | None:
@@ -220,7 +223,7 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _model_json(name, onnx_path, threshold, views, members, metrics, training) -> dict:
+def _model_json(name, onnx_path, threshold, rule, views, members, metrics, training) -> dict:
     return {
         "format_version": 1,
         "name": name,
@@ -232,9 +235,10 @@ def _model_json(name, onnx_path, threshold, views, members, metrics, training) -
                   "height": PATCH_SIZE, "width": PATCH_SIZE, "channels": 3},
         "output": {"name": "p_atypical"},
         "classes": list(CLASSES),
-        "threshold": threshold,
-        "threshold_rule": "maximises balanced accuracy of the members' pooled out-of-fold predictions, as the "
-                          "graph computes them (views, calibration)",
+        "threshold": threshold["value"],
+        "threshold_rule": DESCRIPTIONS[rule],
+        "threshold_rule_name": rule,
+        "threshold_candidates": threshold["candidates"],
         "tta_views": list(views),
         "members": members,
         "training": training,
@@ -266,6 +270,13 @@ def _install(staging: Path, out_dir: Path) -> None:
         shutil.move(str(new), out_dir / new.name)
 
 
+def _pooled_arrays(pooled: dict[str, dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, probabilities, folds) of pooled out-of-fold rows."""
+    rows = list(pooled.values())
+    return (np.array([r["label"] for r in rows]), np.array([r["probability"] for r in rows]),
+            np.array([str(r["fold"]) for r in rows]))
+
+
 def calibrate(pooled: dict[str, dict], plot_path: Path | None) -> tuple[float, float, dict]:
     """Fit (T, b) on pooled out-of-fold scores; set each row's probability to the calibrated one.
 
@@ -292,8 +303,12 @@ def calibrate(pooled: dict[str, dict], plot_path: Path | None) -> tuple[float, f
 
 
 def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_root: str | None = None,
-                 fp16: bool = False, calibration: bool = True, external_data: bool | None = None) -> dict:
+                 fp16: bool = False, calibration: bool = True, external_data: bool | None = None,
+                 threshold_rule: str = DEFAULT_RULE) -> dict:
     """Export `fold_folders` as one ensemble into `out_dir`; returns the model.json content.
+
+    `threshold_rule`: how the threshold is chosen from the pooled out-of-fold predictions
+    (training.thresholds); model.json records every rule's threshold beside the one used.
 
     `external_data`: weights in `<name>.onnx.data` beside the graph; None decides by size
     (above EXTERNAL_DATA_ABOVE_BYTES of weights), since one ONNX file cannot exceed 2 GB.
@@ -303,17 +318,19 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
     plot before/after is written to the first member's run folder as calibration_<name>.png.
     """
     started = time.perf_counter()
+    check_rule(threshold_rule)
     members = [load_member(folder) for folder in fold_folders]
     if not members:
         raise ExportError("no fold folders given")
     splits = [member_split(Path(folder)) for folder in fold_folders]  # checked before any work is done
     first_config = members[0][2]
     views = list(views or first_config.tta_views)
-    samples = read_dataset(first_config.data.kind, data_root or first_config.data.root, slides=first_config.data.slides)
+    samples = config_samples(first_config.data, data_root)
     pooled = oof_for_views(fold_folders, members, samples, views, spacing_um=first_config.data.slides_spacing_um)
     temperature, bias, calibration_record = (
         calibrate(pooled, Path(fold_folders[0]).parent / f"calibration_{name}.png") if calibration else (1.0, 0.0, None))
-    oof = oof_metrics(pooled, samples)
+    candidates = rule_thresholds(*_pooled_arrays(pooled))
+    oof = oof_metrics(pooled, samples, threshold=candidates[threshold_rule])
     ensemble = EnsembleClassifier([m[0] for m in members], [Preprocess.from_args(m[1]) for m in members], views,
                                   temperature=temperature, bias=bias).eval()
     out_dir = Path(out_dir).resolve()
@@ -336,7 +353,8 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
                     "backbones": sorted({m[1]["backbone"] for m in members}),
                     "slide_digests": training_slide_digests(splits, samples)}
         metrics = {"oof": oof, "oof_views": list(views), "export_parity_max_abs_difference": difference}
-        spec = _model_json(name, onnx_path, oof["threshold"], views, member_info, metrics, training)
+        spec = _model_json(name, onnx_path, {"value": oof["threshold"], "candidates": candidates}, threshold_rule,
+                           views, member_info, metrics, training)
         spec["precision"] = "float16" if fp16 else "float32"
         spec["calibration"] = calibration_record or {"temperature": 1.0, "bias": 0.0, "fitted_on": "not calibrated"}
         spec["confidence"] = "p_atypical"  # the Track 2 contract; the container refuses any other value

@@ -161,3 +161,26 @@ def plot_calibration(labels, before, after, map_label: str, path: Path) -> None:
              title="Calibration, out of fold", xlim=(0, 1), ylim=(0, 1))
     axes.legend(loc="upper left", fontsize=8)
     save_figure(figure, path)
+
+
+def plot_threshold_transfer(panels: list[dict], path: Path) -> None:
+    """Per panel (a held-out group and view set): rates against the threshold, with each rule's threshold.
+
+    A panel is {"title", "labels", "probabilities", "rules": {name: threshold}, "best": threshold}.
+    """
+    figure = Figure(figsize=(5.5 * len(panels), 4.2))
+    for axes, panel in zip(np.atleast_1d(figure.subplots(1, len(panels))), panels):
+        labels, probabilities = np.asarray(panel["labels"]), np.asarray(panel["probabilities"])
+        grid = np.linspace(0, 1, 201)
+        sensitivity = np.array([np.mean(probabilities[labels == 1] >= t) for t in grid])
+        specificity = np.array([np.mean(probabilities[labels == 0] < t) for t in grid])
+        axes.plot(grid, (sensitivity + specificity) / 2, color="black", label="balanced accuracy")
+        axes.plot(grid, sensitivity, color="tab:red", lw=1, alpha=0.7, label="sensitivity")
+        axes.plot(grid, specificity, color="tab:blue", lw=1, alpha=0.7, label="specificity")
+        for (rule, threshold), style in zip(panel["rules"].items(), ("--", "-.", ":")):
+            axes.axvline(threshold, color="tab:green", ls=style, label=f"{rule} ({threshold:.3f})")
+        axes.axvline(panel["best"], color="grey", lw=3, alpha=0.4, label=f"best on held-out ({panel['best']:.3f})")
+        axes.set(xlabel="threshold on P(atypical)", ylabel="rate on the held-out patches", title=panel["title"],
+                 xlim=(0, 1), ylim=(0, 1.02))
+        axes.legend(loc="lower center", fontsize=7)
+    save_figure(figure, path)

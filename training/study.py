@@ -23,7 +23,7 @@ import numpy as np
 
 from training.config import ExperimentConfig
 from training.crossval import fold_dirs, pooled_oof, run_crossval
-from training.data import read_dataset
+from training.data import config_samples
 from training.plots import plot_study
 from training.report import study_markdown
 from training.splits import make_domain_split, save_split, split_for
@@ -86,7 +86,7 @@ def run_study(configs: list[ExperimentConfig], study_dir: Path, *, leave_out: st
 
 
 def _samples(config: ExperimentConfig):
-    return read_dataset(config.data.kind, config.data.root, slides=config.data.slides)
+    return config_samples(config.data)
 
 
 def study_results(study_dir: Path, names: list[str], leave_out: str | None) -> dict:

@@ -41,6 +41,7 @@ from training.metrics import binary_metrics
 from training.lora import apply_lora, load_trained_state, lora_args, trainable_names, trained_state
 from training.models import create_classifier, model_args
 from training.splits import fold_fingerprint, fold_indices, split_fingerprint
+from training.stain import stain_args
 from training.torch_compat import import_timm
 
 OOF_COLUMNS = ("sample_id", "slide", "label", "fold", "score", "probability")
@@ -161,11 +162,12 @@ class _Trainer:
     """The optimisation state of one fold: network, EMA copy, optimiser, schedule, loss."""
 
     def __init__(self, config: ExperimentConfig, train_labels: np.ndarray, steps_per_epoch: int,
-                 device: torch.device, distributed: Distributed):
+                 device: torch.device, distributed: Distributed, stain: dict | None = None):
         timm = import_timm()
         optim = config.optim
         self.config, self.device = config, device
         self.args = model_args(config.backbone, crop=config.input_crop, backbone_kwargs=config.backbone_kwargs)
+        self.args.update(stain or {})  # model_args "stain": training.stain.stain_args
         self.network = create_classifier(**self.args, pretrained=config.pretrained, weights=config.weights)
         if optim.grad_checkpointing:
             self.network.set_grad_checkpointing(True)
@@ -450,7 +452,8 @@ def train_fold(config: ExperimentConfig, samples: list[Sample], images: np.ndarr
     steps_per_epoch = len(train_index) // config.optim.batch_size
     if steps_per_epoch < distributed.world:
         raise ValueError(f"fold {fold}: {len(train_index)} training samples, fewer than one batch per process")
-    trainer = _Trainer(config, data.train_labels.numpy(), steps_per_epoch, device, distributed)
+    trainer = _Trainer(config, data.train_labels.numpy(), steps_per_epoch, device, distributed,
+                       stain=stain_args(config.stain_norm, data.patches, train_index))
     if distributed.main:
         save_config(config, out_dir / "config.yaml")
         (out_dir / "model_args.json").write_text(json.dumps(trainer.args, indent=2) + "\n")

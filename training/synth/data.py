@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.data import Sample, read_dataset
+from training.data import Sample, config_samples, read_dataset
 from training.splits import fold_fingerprint, fold_indices
 
 PROVENANCE_FILE = "provenance.json"
@@ -87,7 +87,7 @@ def check_disjoint(samples: list, validation: list, where: str) -> None:
 def read_fold_data(config, split: dict, fold: int) -> FoldData:
     """Fold `fold`'s pre-training, fine-tuning and validation images under the no-leakage rule."""
     fold = check_fold(split, fold)
-    samples = read_dataset(config.data.kind, config.data.root, slides=config.data.slides)
+    samples = config_samples(config.data)
     train_index, val_index = fold_indices(split, samples, fold)
     validation = [samples[i] for i in val_index]
     finetune = [samples[i] for i in train_index if not samples[i].synthetic]
