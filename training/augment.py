@@ -5,12 +5,19 @@ labs and scanners, so colour is jittered in HED space (Tellez et al., "Quantifyi
 data augmentation and stain color normalization", MedIA 2019) and in brightness/contrast/
 saturation and hue; small scale/shift and black edge bands imitate the centre-padded crops
 of figures near a region's edge that the official test stacks contain.
+
+Mixup and CutMix (`mix_pairs`) act on the network's input (after the centre crop, so a pasted box's
+area is its share of what the network sees) and are scored as lam * loss(own labels) + (1 - lam) *
+loss(partner's labels): that stays right with class-weighted, focal and soft-label losses, which are
+not linear in a mixed target. timm's Mixup mixes one-hot targets and draws from NumPy's global
+random state; here every draw comes from the fold's generator, so a resumed fold repeats it.
 """
 
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from scipy.special import betaincinv
 
 _YIQ_FROM_RGB = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 _RGB_FROM_YIQ = torch.linalg.inv(_YIQ_FROM_RGB)
@@ -34,6 +41,8 @@ class AugmentConfig:
     blur_p: float = 0.1
     border_p: float = 0.1  # chance of a black band at one edge
     border_max: float = 0.35  # widest band, as a fraction of the patch size
+    mixup: float = 0.0  # alpha of Beta(alpha, alpha): blend image pairs (Zhang et al., ICLR 2018); 0: off
+    cutmix: float = 0.0  # alpha of Beta(alpha, alpha): paste a box of another image (Yun et al., ICCV 2019); 0: off
 
 
 def _uniform(n, low, high, generator, device):
@@ -157,3 +166,25 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.
     if config.border_p:
         images = black_border(images, config.border_p, config.border_max, generator)
     return images
+
+
+def mix_pairs(images: torch.Tensor, mixup: float, cutmix: float, generator: torch.Generator):
+    """Mix each image with a partner from the same batch; returns (mixed, partner index, lam).
+
+    One draw per batch: lam ~ Beta(alpha, alpha) is the share of each image's own content (for
+    CutMix, corrected to the box actually pasted). With both alphas set, half the batches use each.
+    """
+    n, _, height, width = images.shape
+    partner = torch.randperm(n, generator=generator).to(images.device)
+    use_cutmix = cutmix > 0 and (mixup <= 0 or float(torch.rand(1, generator=generator)) < 0.5)
+    alpha = cutmix if use_cutmix else mixup
+    lam = float(betaincinv(alpha, alpha, float(torch.rand(1, generator=generator))))
+    if not use_cutmix:
+        return lam * images + (1 - lam) * images[partner], partner, lam
+    cut_h, cut_w = int(height * (1 - lam) ** 0.5), int(width * (1 - lam) ** 0.5)
+    centre_y, centre_x = (int(torch.randint(0, size, (1,), generator=generator)) for size in (height, width))
+    top, bottom = max(centre_y - cut_h // 2, 0), min(centre_y + cut_h - cut_h // 2, height)
+    left, right = max(centre_x - cut_w // 2, 0), min(centre_x + cut_w - cut_w // 2, width)
+    mixed = images.clone()
+    mixed[:, :, top:bottom, left:right] = images[partner, :, top:bottom, left:right]
+    return mixed, partner, 1 - (bottom - top) * (right - left) / (height * width)

@@ -32,7 +32,7 @@ from scipy.special import expit
 from torch import nn
 from tqdm import tqdm
 
-from training.augment import augment_batch
+from training.augment import augment_batch, mix_pairs
 from training.checkpoints import clear_resume, load_resume, save_resume, write_metrics_csv
 from training.config import ExperimentConfig, config_from_dict, save_config
 from training.data import Sample, labels_of, targets_of
@@ -228,11 +228,16 @@ class _Trainer:
         return (per_sample * weights).sum() / weights.sum()
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor,
-                   sample_weight: torch.Tensor | None = None) -> float:
+                   sample_weight: torch.Tensor | None = None, mix: tuple | None = None) -> float:
+        """One optimiser step; `mix` = (partner index, lam) when the images are mixed pairs (augment.mix_pairs)."""
         self.trained.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             logits = self.trained(images.contiguous(memory_format=torch.channels_last))
         loss = self.loss(logits, labels, targets, sample_weight)
+        if mix is not None:
+            partner, lam = mix
+            loss = lam * loss + (1 - lam) * self.loss(logits, labels[partner], targets[partner],
+                                                      sample_weight[partner] if sample_weight is not None else None)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -285,10 +290,13 @@ def _epoch(trainer, patches, labels, targets, weights, generator, progress, dist
     losses = []
     for index in shard_batches(order, batch_size, distributed):
         images = patches[index].to(trainer.device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
-        images = augment_batch(images, config.augment, generator)  # (B, 3, H, W) in [0, 1]
-        losses.append(trainer.train_step(trainer.preprocess.unit(images), labels[index].to(trainer.device),
-                                         targets[index].to(trainer.device),
-                                         weights[index].to(trainer.device) if weights is not None else None))
+        images = trainer.preprocess.unit(augment_batch(images, config.augment, generator))  # (B, 3, crop, crop)
+        mix = None
+        if config.augment.mixup > 0 or config.augment.cutmix > 0:
+            images, partner, lam = mix_pairs(images, config.augment.mixup, config.augment.cutmix, generator)
+            mix = (partner, lam)
+        losses.append(trainer.train_step(images, labels[index].to(trainer.device), targets[index].to(trainer.device),
+                                         weights[index].to(trainer.device) if weights is not None else None, mix))
         progress.update(distributed.world)
         progress.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", refresh=False)
     return float(np.mean(losses))
