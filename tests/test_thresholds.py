@@ -107,3 +107,10 @@ def test_export_uses_the_rule_it_is_asked_for(transfer, tmp_path):
     assert spec["threshold_rule_name"] == "prevalence"
     assert spec["threshold"] == spec["threshold_candidates"]["prevalence"]
     assert spec["metrics"]["oof"]["at_threshold"]["threshold"] == spec["threshold"]
+
+
+def test_the_prevalence_rule_needs_calibrated_probabilities(transfer, tmp_path, capsys):
+    _, out = transfer
+    assert training_cli(["export", str(out / "holdout_0" / "run"), "--out", str(tmp_path / "m"),
+                         "--threshold-rule", "prevalence", "--no-calibration"]) == 1
+    assert "calibrated" in capsys.readouterr().err and not (tmp_path / "m").exists()

@@ -86,11 +86,15 @@ def _fold_folders(paths) -> list[Path]:
 
 def export_entry(args) -> int:
     from training.ensemble import DIHEDRAL_VIEWS
-    from training.export import export_model
+    from training.export import ExportError, export_model
 
     views = DIHEDRAL_VIEWS if args.dihedral else args.views
-    export_model(_fold_folders(args.runs), args.out, name=args.name, views=views, data_root=args.data_root,
-                 fp16=args.fp16, calibration=not args.no_calibration, threshold_rule=args.threshold_rule)
+    try:
+        export_model(_fold_folders(args.runs), args.out, name=args.name, views=views, data_root=args.data_root,
+                     fp16=args.fp16, calibration=not args.no_calibration, threshold_rule=args.threshold_rule)
+    except ExportError as error:  # a check failed: nothing was written
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

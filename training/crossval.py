@@ -164,12 +164,17 @@ def pool_rows(rows_by_folder: list[tuple[Path, list[dict]]]) -> dict[str, dict]:
     return pooled
 
 
+def pooled_arrays(pooled: dict[str, dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, probabilities, folds as strings) of pooled out-of-fold rows, in their order."""
+    rows = list(pooled.values())
+    return (np.array([r["label"] for r in rows]), np.array([r["probability"] for r in rows]),
+            np.array([str(r["fold"]) for r in rows]))
+
+
 def oof_metrics(pooled: dict[str, dict], samples=None, threshold: float | None = None) -> dict:
     """Metrics of pooled out-of-fold predictions at `threshold` (None: the one maximising balanced accuracy)."""
     rows = list(pooled.values())
-    labels = np.array([r["label"] for r in rows])
-    probabilities = np.array([r["probability"] for r in rows])
-    folds = np.array([str(r["fold"]) for r in rows])
+    labels, probabilities, folds = pooled_arrays(pooled)
     threshold = best_threshold(labels, probabilities) if threshold is None else float(threshold)
     per_fold = {fold: binary_metrics(labels[folds == fold], probabilities[folds == fold], threshold)
                 for fold in sorted(set(folds))}

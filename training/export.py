@@ -26,7 +26,7 @@ from inference.errors import InputError
 from inference.model import load_model, sha256_of
 from training.calibration import calibrated, cross_fitted, expected_calibration_error, fit_calibration
 from training.config import ExperimentConfig, config_from_dict
-from training.crossval import check_finished_fold, oof_metrics, pool_rows
+from training.crossval import check_finished_fold, oof_metrics, pool_rows, pooled_arrays
 from training.data import CLASSES, PATCH_SIZE, config_samples, load_images
 from training.ensemble import EnsembleClassifier, Preprocess
 from training.lora import rebuild
@@ -270,13 +270,6 @@ def _install(staging: Path, out_dir: Path) -> None:
         shutil.move(str(new), out_dir / new.name)
 
 
-def _pooled_arrays(pooled: dict[str, dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(labels, probabilities, folds) of pooled out-of-fold rows."""
-    rows = list(pooled.values())
-    return (np.array([r["label"] for r in rows]), np.array([r["probability"] for r in rows]),
-            np.array([str(r["fold"]) for r in rows]))
-
-
 def calibrate(pooled: dict[str, dict], plot_path: Path | None) -> tuple[float, float, dict]:
     """Fit (T, b) on pooled out-of-fold scores; set each row's probability to the calibrated one.
 
@@ -319,6 +312,8 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
     """
     started = time.perf_counter()
     check_rule(threshold_rule)
+    if threshold_rule == "prevalence" and not calibration:
+        raise ExportError("the prevalence rule assumes calibrated probabilities; drop --no-calibration or pick another rule")
     members = [load_member(folder) for folder in fold_folders]
     if not members:
         raise ExportError("no fold folders given")
@@ -329,7 +324,7 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
     pooled = oof_for_views(fold_folders, members, samples, views, spacing_um=first_config.data.slides_spacing_um)
     temperature, bias, calibration_record = (
         calibrate(pooled, Path(fold_folders[0]).parent / f"calibration_{name}.png") if calibration else (1.0, 0.0, None))
-    candidates = rule_thresholds(*_pooled_arrays(pooled))
+    candidates = rule_thresholds(*pooled_arrays(pooled))
     oof = oof_metrics(pooled, samples, threshold=candidates[threshold_rule])
     ensemble = EnsembleClassifier([m[0] for m in members], [Preprocess.from_args(m[1]) for m in members], views,
                                   temperature=temperature, bias=bias).eval()

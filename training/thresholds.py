@@ -6,10 +6,10 @@ is judged by how well its threshold transfers to slides no member saw (training.
 
 - `oof_best`: the threshold that maximises balanced accuracy on the pooled out-of-fold predictions.
 - `fold_median`: the median of each fold's own best threshold (less swayed by one fold's scores).
-- `prevalence`: the share of atypical figures among the training patches. For calibrated
-  probabilities, predicting atypical when P >= prevalence maximises expected balanced accuracy
-  (the Bayes rule for equal class weights), so this rule leans on the calibration, not on the
-  shape of one ROC curve.
+- `prevalence`: the share of atypical figures among the out-of-fold patches (every patch the
+  members trained on). For calibrated probabilities, predicting atypical when P >= prevalence
+  maximises expected balanced accuracy (the Bayes rule for equal class weights), so this rule
+  leans on the calibration, not on the shape of one ROC curve.
 """
 
 import numpy as np
