@@ -8,6 +8,7 @@ import yaml
 
 from tests.amibr_fixture import write_amibr
 from training.cli import main as training_cli
+from training.report import study_markdown
 from training.statistics import compare, per_fold_metrics, t_interval, verdict
 
 
@@ -71,6 +72,14 @@ def test_a_study_trains_both_configs_on_one_split_and_reports(tmp_path):
     assert "Paired differences" in markdown and "Leave one dataset out" in markdown
     assert "(all 2 folds; out-of-fold n = 48 patches" in markdown
     assert (out / "study_folds.png").is_file() and (out / "study_differences.png").is_file()
+    cv = results["runs"]["fast"]["roc_auc"]["mean"]
+    lodo = np.mean([m["roc_auc"] for m in results["leave_one_out"]["fast"].values()])
+    assert f"| fast | {cv:.3f} | {lodo:.3f} | {(cv + lodo) / 2:.3f} |" in markdown  # docs/recipes.md's score
+    # several variants: one differences table, every verdict after it
+    for part in ("runs", "differences", "leave_one_out"):
+        results[part]["fast_again"] = results[part]["fast"]
+    table = study_markdown(results, "dataset").split("## Paired differences")[1].split("\n\n")[1]
+    assert table.count("| fast") == 4 and "`fast`" not in table
 
     stamp = (out / "fast" / "fold_0" / "model.safetensors").stat().st_mtime_ns
     assert training_cli(arguments) == 0  # a rerun resumes: nothing is trained again

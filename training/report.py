@@ -111,12 +111,28 @@ def study_markdown(results: dict, leave_out: str | None) -> str:
                 boot = _interval(d["pooled_bootstrap_95"]) if "pooled_bootstrap_95" in d else ""
                 lines.append(f"| {name} | {metric.replace('_', ' ')} | {per_fold} | {d['mean']:+.3f} | "
                              f"{_interval(d['t_interval_95'])} | {pooled} | {boot} |")
-            lines += ["", f"`{name}`: ROC AUC {verdict(difference['roc_auc'])}; balanced accuracy "
-                          f"{verdict(difference['balanced_accuracy'])}.", ""]
+        lines.append("")
+        lines += [f"`{name}`: ROC AUC {verdict(difference['roc_auc'])}; balanced accuracy "
+                  f"{verdict(difference['balanced_accuracy'])}." for name, difference in results["differences"].items()]
+        lines.append("")
     lines += _domain_lines(results, leave_out)
+    lines += _selection_lines(results)
     lines += ["", "![per fold](study_folds.png)"] + (["", "![differences](study_differences.png)"]
                                                      if results["differences"] else [])
     return "\n".join(lines) + "\n"
+
+
+def _selection_lines(results: dict) -> list[str]:
+    """The recipe selection score of docs/recipes.md: S = (mean k-fold ROC AUC + mean leave-one-out ROC AUC) / 2."""
+    if not results["leave_one_out"]:
+        return []
+    lines = ["", "## Selection score (docs/recipes.md)", "",
+             "| config | mean k-fold ROC AUC | mean leave-one-out ROC AUC | S |", "|---|---|---|---|"]
+    for name, run in results["runs"].items():
+        cv = run["roc_auc"]["mean"]
+        lodo = sum(m["roc_auc"] for m in results["leave_one_out"][name].values()) / len(results["leave_one_out"][name])
+        lines.append(f"| {name} | {_fmt(cv)} | {_fmt(lodo)} | {_fmt((cv + lodo) / 2)} |")
+    return lines
 
 
 def _domain_lines(results: dict, leave_out: str | None) -> list[str]:
