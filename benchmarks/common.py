@@ -19,7 +19,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 MODEL_DIR = ROOT / "model"
-RUN_DIR = ROOT / "runs" / "cpu_small"
+RUN_DIR = ROOT / "runs" / "study" / "recipes" / "cpu_small_colour"  # the run the shipped model came from
 # AMi-Br, read in place: where the configs expect it, or wherever AMIBR_ROOT says.
 DATA_ROOT = Path(os.environ.get("AMIBR_ROOT", ROOT / "data" / "amibr-dev"))
 
@@ -115,3 +115,10 @@ def amibr_patches(count: int | None = None) -> np.ndarray:
 
     samples = read_dataset("amibr", DATA_ROOT)
     return load_images(samples[:count] if count else samples)
+
+
+def shipped_onnx() -> Path:
+    """The shipped graph, as model/model.json names it."""
+    import json
+
+    return MODEL_DIR / json.loads((MODEL_DIR / "model.json").read_text())["onnx"]

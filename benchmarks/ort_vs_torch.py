@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from benchmarks import quiet
-from benchmarks.common import MODEL_DIR, RUN_DIR, amibr_patches, median, report
+from benchmarks.common import RUN_DIR, amibr_patches, median, report, shipped_onnx
 from benchmarks.throughput import open_session
 from training.crossval import fold_dirs
 from training.ensemble import EnsembleClassifier, Preprocess
@@ -44,7 +44,7 @@ def timed(function, repeats: int) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(MODEL_DIR / "resnet10t-slim-5fold.onnx"))
+    parser.add_argument("--model", default=str(shipped_onnx()))
     parser.add_argument("--run", default=str(RUN_DIR), help="the run folder the model was exported from")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7, help="alternating rounds; each times 3 calls per engine")

@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from inference.model import session_options
 from benchmarks import quiet
-from benchmarks.common import MODEL_DIR, amibr_patches, display_path, median, report
+from benchmarks.common import amibr_patches, display_path, median, report, shipped_onnx
 
 BATCH_SIZES = (1, 16, 64, 256)
 THREADS = (1, 2)
@@ -40,7 +40,7 @@ def open_session(onnx_path, threads: int, provider: str = "CPUExecutionProvider"
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(MODEL_DIR / "resnet10t-slim-5fold.onnx"))
+    parser.add_argument("--model", default=str(shipped_onnx()))
     parser.add_argument("--min-runs", type=int, default=5)
     parser.add_argument("--min-seconds", type=float, default=3.0)
     parser.add_argument("--provider", default="CPUExecutionProvider",

@@ -94,6 +94,32 @@ def test_uint8_and_training_paths_agree_with_the_stain_before_the_crop():
     assert not torch.allclose(from_unit, cropped_first, atol=1e-3)
 
 
+def test_cropping_in_lab_and_a_shared_lab_change_nothing():
+    rng = np.random.default_rng(6)
+    images = as_unit(np.stack([stained(rng, 0.8 + 0.2 * i, 1.0, size=64) for i in range(3)]))
+    normaliser = ReinhardNorm([65, 12, -6], [10, 5, 4])
+    crop = lambda x: x[:, :, 16:48, 16:48]  # noqa: E731
+    whole_then_crop = crop(normaliser(images))
+    assert torch.allclose(normaliser(images, crop), whole_then_crop, atol=1e-5)
+    assert torch.allclose(normaliser(images, crop, rgb_to_lab(images)), whole_then_crop, atol=1e-5)
+
+
+def test_the_ensemble_shares_one_lab_conversion_without_changing_a_member():
+    from training.ensemble import view_scores
+    from training.models import create_classifier, model_args
+
+    torch.manual_seed(0)
+    networks = [create_classifier(**model_args("resnet10t_slim")).eval() for _ in range(2)]
+    preprocessors = [Preprocess([0.5] * 3, [0.25] * 3, crop=64, stain=ReinhardNorm([60 + 5 * k, 12, -6], [10, 5, 4]))
+                     for k in range(2)]
+    patches = torch.from_numpy(np.stack([stained(np.random.default_rng(k), 1.0, 1.0, size=128) for k in range(3)]))
+    with torch.no_grad():
+        shared = EnsembleClassifier(networks, preprocessors)(patches)
+        alone = torch.sigmoid(torch.stack([view_scores(n, p.unit(as_unit(patches.numpy())), ("identity", "vflip"))
+                                           for n, p in zip(networks, preprocessors)]).mean(dim=0))
+    assert torch.allclose(shared, alone, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def stain_run(tmp_path_factory):
     """(run folder, model folder) of a 2-fold, 1-epoch run with stain_norm: reinhard."""

@@ -10,6 +10,7 @@ compute the same thing.
 """
 
 import torch
+from kornia.color import rgb_to_lab
 from torch import nn
 
 from training.stain import stain_module
@@ -69,17 +70,17 @@ class Preprocess(nn.Module):
         left = (images.shape[height_axis + 1] - self.crop) // 2
         return images.narrow(height_axis, top, self.crop).narrow(height_axis + 1, left, self.crop)
 
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, H, W, 3) -> normalised float (N, 3, crop, crop)."""
+    def forward(self, patches: torch.Tensor, lab: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> normalised float (N, 3, crop, crop); `lab`: the patches in Lab, if known."""
         if self.stain is not None:  # the whole patch's colour statistics, then the crop
-            return self.unit(patches.permute(0, 3, 1, 2).float() / 255.0)
+            return self.unit(patches.permute(0, 3, 1, 2).float() / 255.0, lab)
         pixels = self._centre(patches, 1).permute(0, 3, 1, 2).float()  # (N, 3, h, w) in [0, 255]
         return pixels * (self.scale / 255.0) - self.shift
 
-    def unit(self, images: torch.Tensor) -> torch.Tensor:
+    def unit(self, images: torch.Tensor, lab: torch.Tensor | None = None) -> torch.Tensor:
         """Float (N, 3, H, W) images in [0, 1] (training batches) -> normalised (N, 3, crop, crop)."""
         if self.stain is not None:
-            images = self.stain(images)
+            return self.stain(images, lambda x: self._centre(x, 2), lab) * self.scale - self.shift
         return self._centre(images, 2) * self.scale - self.shift
 
 
@@ -110,8 +111,11 @@ class EnsembleClassifier(nn.Module):
         self.temperature, self.bias = float(temperature), float(bias)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        lab = None  # members with stain normalisation share one Lab conversion of the patches
+        if any(preprocess.stain is not None for preprocess in self.preprocessors):
+            lab = rgb_to_lab(patches.permute(0, 3, 1, 2).float() / 255.0)
         scores = [
-            view_scores(network, preprocess(patches), self.views)  # (N,)
+            view_scores(network, preprocess(patches, lab), self.views)  # (N,)
             for network, preprocess in zip(self.networks, self.preprocessors)
         ]
         return torch.sigmoid(torch.stack(scores).mean(dim=0) / self.temperature + self.bias)  # (N,)

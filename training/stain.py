@@ -35,9 +35,16 @@ class ReinhardNorm(nn.Module):
         self.register_buffer("target_mean", torch.tensor(target_mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("target_std", torch.tensor(target_std, dtype=torch.float32).view(1, 3, 1, 1))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        lab = rgb_to_lab(images)
+    def forward(self, images: torch.Tensor, crop=None, lab: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised RGB of `crop(images)`, with the statistics of the whole images.
+
+        `crop` (a function on (N, C, H, W)) is applied in Lab, before the conversion back, so only the
+        pixels the network sees are converted (the maps are per pixel: the result is the same);
+        `lab`: rgb_to_lab(images) when the caller has it (members of one ensemble share it).
+        """
+        lab = rgb_to_lab(images) if lab is None else lab
         mean, std = _lab_statistics(lab)
+        lab = crop(lab) if crop is not None else lab
         moved = (lab - mean) / std.clamp(min=MIN_STD) * self.target_std + self.target_mean
         return lab_to_rgb(moved, clip=True)
 
