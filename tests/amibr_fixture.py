@@ -44,3 +44,25 @@ def write_amibr(root: Path, *, n_slides: int = 8, per_slide: int = 6, seed: int 
         writer.writerow(COLUMNS)
         writer.writerows(rows)
     return root
+
+
+def train_and_export(work: Path, name: str, **config_changes) -> tuple[Path, Path]:
+    """(run folder, model folder) of a 2-fold, 1-epoch run of the CLI on a 6-slide dataset, exported as `name`."""
+    import yaml
+
+    from training.cli import main as training_cli
+
+    data_root = write_amibr(work / "amibr", n_slides=6, per_slide=8)
+    config = {
+        "name": name, "backbone": "resnet10t_slim", "input_crop": 64,
+        "data": {"kind": "amibr", "root": str(data_root)},
+        "split": {"n_folds": 2, "seed": 0},
+        "optim": {"epochs": 1, "batch_size": 8, "warmup_epochs": 0, "threads": 2},
+        **config_changes,
+    }
+    config_path = work / f"{name}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    run_dir, model_dir = work / "run", work / "model"
+    assert training_cli(["train", "--config", str(config_path), "--out", str(run_dir), "--quiet"]) == 0
+    assert training_cli(["export", str(run_dir), "--out", str(model_dir), "--name", name]) == 0
+    return run_dir, model_dir

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from tests.amibr_fixture import make_patch, write_amibr
+from tests.amibr_fixture import make_patch, train_and_export
 from training.cli import main as training_cli
 from training.export import ExportError, check_parity, load_member
 
@@ -21,20 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(run folder, model folder) of a 2-fold, 1-epoch run on a tiny AMi-Br-shaped dataset."""
-    work = tmp_path_factory.mktemp("roundtrip")
-    data_root = write_amibr(work / "amibr", n_slides=6, per_slide=8)
-    config = {
-        "name": "tiny", "backbone": "resnet10t_slim", "input_crop": 64,
-        "data": {"kind": "amibr", "root": str(data_root)},
-        "split": {"n_folds": 2, "seed": 0},
-        "optim": {"epochs": 1, "batch_size": 8, "warmup_epochs": 0, "threads": 2},
-    }
-    config_path = work / "tiny.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    run_dir, model_dir = work / "run", work / "model"
-    assert training_cli(["train", "--config", str(config_path), "--out", str(run_dir), "--quiet"]) == 0
-    assert training_cli(["export", str(run_dir), "--out", str(model_dir), "--name", "tiny"]) == 0
-    return run_dir, model_dir
+    return train_and_export(tmp_path_factory.mktemp("roundtrip"), "tiny")
 
 
 def test_run_folder_is_self_describing(exported):

@@ -13,7 +13,7 @@ import torch
 from kornia.color import rgb_to_lab
 from torch import nn
 
-from training.stain import stain_module
+from training.stain import stain_module, unit_rgb
 
 VIEWS = {
     "identity": lambda x: x,
@@ -71,17 +71,20 @@ class Preprocess(nn.Module):
         return images.narrow(height_axis, top, self.crop).narrow(height_axis + 1, left, self.crop)
 
     def forward(self, patches: torch.Tensor, lab: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 (N, H, W, 3) -> normalised float (N, 3, crop, crop); `lab`: the patches in Lab, if known."""
+        """uint8 (N, H, W, 3) -> normalised float (N, 3, crop, crop); `lab`: rgb_to_lab of the patches, if known."""
         if self.stain is not None:  # the whole patch's colour statistics, then the crop
-            return self.unit(patches.permute(0, 3, 1, 2).float() / 255.0, lab)
+            return self._stained(rgb_to_lab(unit_rgb(patches)) if lab is None else lab)
         pixels = self._centre(patches, 1).permute(0, 3, 1, 2).float()  # (N, 3, h, w) in [0, 255]
         return pixels * (self.scale / 255.0) - self.shift
 
-    def unit(self, images: torch.Tensor, lab: torch.Tensor | None = None) -> torch.Tensor:
+    def unit(self, images: torch.Tensor) -> torch.Tensor:
         """Float (N, 3, H, W) images in [0, 1] (training batches) -> normalised (N, 3, crop, crop)."""
         if self.stain is not None:
-            return self.stain(images, lambda x: self._centre(x, 2), lab) * self.scale - self.shift
+            return self._stained(rgb_to_lab(images))
         return self._centre(images, 2) * self.scale - self.shift
+
+    def _stained(self, lab: torch.Tensor) -> torch.Tensor:
+        return self.stain(lab, lambda x: self._centre(x, 2)) * self.scale - self.shift
 
 
 class EnsembleClassifier(nn.Module):
@@ -113,7 +116,7 @@ class EnsembleClassifier(nn.Module):
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         lab = None  # members with stain normalisation share one Lab conversion of the patches
         if any(preprocess.stain is not None for preprocess in self.preprocessors):
-            lab = rgb_to_lab(patches.permute(0, 3, 1, 2).float() / 255.0)
+            lab = rgb_to_lab(unit_rgb(patches))
         scores = [
             view_scores(network, preprocess(patches, lab), self.views)  # (N,)
             for network, preprocess in zip(self.networks, self.preprocessors)

@@ -22,27 +22,31 @@ MIN_STD = 1e-2  # a uniform patch keeps its colour moved to the target mean, not
 FIT_BATCH = 512
 
 
+def unit_rgb(patches: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, 3) patches -> float RGB (N, 3, H, W) in [0, 1], what the colour maps take."""
+    return patches.permute(0, 3, 1, 2).float() / 255.0
+
+
 def _lab_statistics(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image, per-channel mean and std of (N, 3, H, W), each (N, 3, 1, 1)."""
     return lab.mean(dim=(2, 3), keepdim=True), lab.std(dim=(2, 3), keepdim=True)
 
 
 class ReinhardNorm(nn.Module):
-    """Float RGB (N, 3, H, W) in [0, 1] -> the same images with each one's Lab mean/std set to the target's."""
+    """Lab images (N, 3, H, W) -> RGB in [0, 1] with each image's Lab mean/std set to the target's."""
 
     def __init__(self, target_mean, target_std):
         super().__init__()
         self.register_buffer("target_mean", torch.tensor(target_mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("target_std", torch.tensor(target_std, dtype=torch.float32).view(1, 3, 1, 1))
 
-    def forward(self, images: torch.Tensor, crop=None, lab: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalised RGB of `crop(images)`, with the statistics of the whole images.
+    def forward(self, lab: torch.Tensor, crop=None) -> torch.Tensor:
+        """RGB of `crop(lab)` with each image's Lab mean/std (taken over the whole image) moved to the target.
 
-        `crop` (a function on (N, C, H, W)) is applied in Lab, before the conversion back, so only the
-        pixels the network sees are converted (the maps are per pixel: the result is the same);
-        `lab`: rgb_to_lab(images) when the caller has it (members of one ensemble share it).
+        `lab` is rgb_to_lab of the images (the members of one ensemble share it); `crop` (a function
+        on (N, C, H, W)) is applied in Lab, before the conversion back, so only the pixels the network
+        sees are converted (the maps are per pixel: the result is the same as cropping after).
         """
-        lab = rgb_to_lab(images) if lab is None else lab
         mean, std = _lab_statistics(lab)
         lab = crop(lab) if crop is not None else lab
         moved = (lab - mean) / std.clamp(min=MIN_STD) * self.target_std + self.target_mean
@@ -56,8 +60,7 @@ def fit_reinhard_target(patches: torch.Tensor, index) -> dict:
         raise ValueError("cannot fit a stain target on no patches")
     means, stds = [], []
     for start in range(0, len(index), FIT_BATCH):
-        images = patches[index[start:start + FIT_BATCH]].permute(0, 3, 1, 2).float() / 255.0
-        mean, std = _lab_statistics(rgb_to_lab(images))
+        mean, std = _lab_statistics(rgb_to_lab(unit_rgb(patches[index[start:start + FIT_BATCH]])))
         means.append(mean.flatten(1))
         stds.append(std.flatten(1))
     return {"method": "reinhard",

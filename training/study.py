@@ -69,9 +69,10 @@ def run_study(configs: list[ExperimentConfig], study_dir: Path, *, leave_out: st
     names = [config.name for config in configs]
     if len(set(names)) != len(names):
         raise ValueError(f"configs must have distinct names, got {names}")
-    splits = {"": split_for(_samples(configs[0]), configs[0].split)}
+    samples = config_samples(configs[0].data)
+    splits = {"": split_for(samples, configs[0].split)}
     if leave_out:
-        splits[f"lodo_{leave_out}"] = make_domain_split(_samples(configs[0]), leave_out)
+        splits[f"lodo_{leave_out}"] = make_domain_split(samples, leave_out)
     for split_name, split in splits.items():
         split_dir = study_dir / split_name
         save_split(split, split_dir / "split.json")
@@ -83,10 +84,6 @@ def run_study(configs: list[ExperimentConfig], study_dir: Path, *, leave_out: st
             run_crossval(config, split_dir / config.name, folds=folds if not split_name else None,
                          split_path=split_dir / "split.json", show_progress=show_progress)
     return write_study_report(study_dir, names, leave_out)
-
-
-def _samples(config: ExperimentConfig):
-    return config_samples(config.data)
 
 
 def study_results(study_dir: Path, names: list[str], leave_out: str | None) -> dict:

@@ -129,6 +129,13 @@ def _cell(entry: dict, rate: str) -> str:
     return f"{entry[rate]:.3f} [{low:.3f}, {high:.3f}]"
 
 
+def shortfall_line(results: dict) -> str:
+    """Each rule's mean shortfall from the held-out best, and the rule that transfers best."""
+    shortfall = ", ".join(f"{rule} {value:.3f}" for rule, value in results["mean_shortfall"].items())
+    return (f"Mean shortfall in balanced accuracy from the held-out best: {shortfall}. "
+            f"Transfers best: **{results['transfers_best']}**")
+
+
 def transfer_markdown(results: dict) -> str:
     """The report: per group and view set, every rule's threshold and rates beside the held-out best."""
     lines = [f"# Threshold transfer: `{results['config']}`", "",
@@ -146,8 +153,6 @@ def transfer_markdown(results: dict) -> str:
                 cells = " | ".join(_cell(entry, rate) for rate in RATES)
                 lines.append(f"| {rule} | {entry['threshold']:.3f} | {cells} |")
             lines.append("")
-    shortfall = ", ".join(f"{rule} {value:.3f}" for rule, value in results["mean_shortfall"].items())
-    lines += [f"Mean shortfall in balanced accuracy from the held-out best: {shortfall}. "
-              f"Transfers best: **{results['transfers_best']}** "
-              f"(over {len(results['groups'])} held-out group(s) x {len(VIEW_SETS)} view sets).", ""]
+    lines += [f"{shortfall_line(results)} (over {len(results['groups'])} held-out group(s) x {len(VIEW_SETS)} "
+              "view sets).", ""]
     return "\n".join(lines)
