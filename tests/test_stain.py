@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from kornia.color import rgb_to_lab
+from kornia.color import lab_to_rgb, rgb_to_lab
 
 from tests.amibr_fixture import make_patch, train_and_export
 from training.ensemble import EnsembleClassifier, Preprocess
 from training.export import load_member
-from training.stain import ReinhardNorm, fit_reinhard_target, stain_args, stain_module
+from training.stain import (LabPatches, ReinhardNorm, fit_reinhard_target, lab_to_srgb, linear_to_lab, srgb_to_linear,
+                            stain_args, stain_module)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Ruifrok & Johnston's H&E vectors: optical density per unit of haematoxylin and eosin in R, G, B
@@ -37,11 +38,34 @@ def lab_statistics(images: torch.Tensor):
     return lab.mean(dim=(2, 3)), lab.std(dim=(2, 3))
 
 
+def every_byte_colour(step=3) -> torch.Tensor:
+    """uint8 (1, n, n, 3) patch of RGB colours on a grid over [0, 255]^3, both ends included."""
+    levels = torch.tensor(sorted(set(range(0, 256, step)) | {255}), dtype=torch.uint8)
+    grid = torch.stack(torch.meshgrid(levels, levels, levels, indexing="ij"), dim=-1).reshape(-1, 3)
+    side = int(np.ceil(np.sqrt(len(grid))))
+    return torch.cat([grid, grid[:side * side - len(grid)]]).reshape(1, side, side, 3)
+
+
+def test_the_colour_maps_are_kornias():
+    colours = every_byte_colour()
+    unit = colours.permute(0, 3, 1, 2).float() / 255.0
+    reference = rgb_to_lab(unit)
+    assert torch.allclose(LabPatches.of_bytes(colours).lab, reference, atol=2e-4)  # L in [0, 100]
+    assert torch.allclose(linear_to_lab(srgb_to_linear(unit)), reference, atol=2e-4)
+    assert torch.allclose(lab_to_srgb(reference), lab_to_rgb(reference, clip=True), atol=1e-5)
+    # back from anywhere in the Lab box: most of it is out of the sRGB gamut (clipped), some has
+    # f(Z) < 0 (kornia clamps it); normalised patches land there
+    box = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    lab = box * torch.tensor([100.0, 255.0, 255.0]).view(1, 3, 1, 1) - torch.tensor([0, 128.0, 128.0]).view(1, 3, 1, 1)
+    assert ((lab[:, 0] + 16) / 116 - lab[:, 2] / 200 < 0).float().mean() > 0.1
+    assert torch.allclose(lab_to_srgb(lab), lab_to_rgb(lab, clip=True), atol=1e-5)
+
+
 def test_each_patch_gets_the_target_statistics():
     rng = np.random.default_rng(0)
     patches = np.stack([stained(rng, s, 2 - s) for s in (0.6, 1.0, 1.4)])
     target_mean, target_std = [70.0, 15.0, -8.0], [12.0, 6.0, 5.0]
-    out = ReinhardNorm(target_mean, target_std)(rgb_to_lab(as_unit(patches)))
+    out = ReinhardNorm(target_mean, target_std)(LabPatches.of_unit(as_unit(patches)))
     mean, std = lab_statistics(out)
     assert mean.numpy() == pytest.approx(np.tile(target_mean, (3, 1)), abs=1.0)
     assert std.numpy() == pytest.approx(np.tile(target_std, (3, 1)), abs=1.0)
@@ -53,7 +77,8 @@ def test_the_same_tissue_under_two_stainings_comes_out_alike():
     normaliser = ReinhardNorm(**{k: v for k, v in fit_reinhard_target(
         torch.from_numpy(np.stack([pale, dark])), [0, 1]).items() if k != "method"})
     before = (as_unit(pale[None]) - as_unit(dark[None])).abs().mean()
-    after = (normaliser(rgb_to_lab(as_unit(pale[None]))) - normaliser(rgb_to_lab(as_unit(dark[None])))).abs().mean()
+    after = (normaliser(LabPatches.of_unit(as_unit(pale[None])))
+             - normaliser(LabPatches.of_unit(as_unit(dark[None])))).abs().mean()
     assert after < before / 3, (float(before), float(after))
 
 
@@ -97,7 +122,7 @@ def test_cropping_in_lab_and_a_shared_lab_change_nothing():
     images = as_unit(np.stack([stained(rng, 0.8 + 0.2 * i, 1.0, size=64) for i in range(3)]))
     normaliser = ReinhardNorm([65, 12, -6], [10, 5, 4])
     crop = lambda x: x[:, :, 16:48, 16:48]  # noqa: E731
-    lab = rgb_to_lab(images)
+    lab = LabPatches.of_unit(images)
     assert torch.allclose(normaliser(lab, crop), crop(normaliser(lab)), atol=1e-5)
 
 

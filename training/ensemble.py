@@ -10,10 +10,9 @@ compute the same thing.
 """
 
 import torch
-from kornia.color import rgb_to_lab
 from torch import nn
 
-from training.stain import stain_module, unit_rgb
+from training.stain import LabPatches, stain_module
 
 VIEWS = {
     "identity": lambda x: x,
@@ -45,8 +44,8 @@ class Preprocess(nn.Module):
         std: per-channel standard deviation.
         crop: side of the centre crop in pixels; None keeps the whole patch. The figure sits in
             the centre of every patch, so a crop spends the network on it rather than on stroma.
-        stain: a per-patch stain normaliser on float RGB in [0, 1] (training.stain), applied to the
-            whole patch before the crop; None: none.
+        stain: a per-patch stain normaliser (training.stain.ReinhardNorm), its statistics taken
+            over the whole patch before the crop; None: none.
     """
 
     def __init__(self, mean, std, crop: int | None = None, stain: nn.Module | None = None):
@@ -70,20 +69,20 @@ class Preprocess(nn.Module):
         left = (images.shape[height_axis + 1] - self.crop) // 2
         return images.narrow(height_axis, top, self.crop).narrow(height_axis + 1, left, self.crop)
 
-    def forward(self, patches: torch.Tensor, lab: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 (N, H, W, 3) -> normalised float (N, 3, crop, crop); `lab`: rgb_to_lab of the patches, if known."""
+    def forward(self, patches: torch.Tensor, lab: LabPatches | None = None) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> normalised float (N, 3, crop, crop); `lab`: the patches' LabPatches, if known."""
         if self.stain is not None:  # the whole patch's colour statistics, then the crop
-            return self._stained(rgb_to_lab(unit_rgb(patches)) if lab is None else lab)
+            return self._stained(LabPatches.of_bytes(patches) if lab is None else lab)
         pixels = self._centre(patches, 1).permute(0, 3, 1, 2).float()  # (N, 3, h, w) in [0, 255]
         return pixels * (self.scale / 255.0) - self.shift
 
     def unit(self, images: torch.Tensor) -> torch.Tensor:
         """Float (N, 3, H, W) images in [0, 1] (training batches) -> normalised (N, 3, crop, crop)."""
         if self.stain is not None:
-            return self._stained(rgb_to_lab(images))
+            return self._stained(LabPatches.of_unit(images))
         return self._centre(images, 2) * self.scale - self.shift
 
-    def _stained(self, lab: torch.Tensor) -> torch.Tensor:
+    def _stained(self, lab: LabPatches) -> torch.Tensor:
         return self.stain(lab, lambda x: self._centre(x, 2)) * self.scale - self.shift
 
 
@@ -114,9 +113,9 @@ class EnsembleClassifier(nn.Module):
         self.temperature, self.bias = float(temperature), float(bias)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        lab = None  # members with stain normalisation share one Lab conversion of the patches
+        lab = None  # members with stain normalisation share one Lab conversion and its statistics
         if any(preprocess.stain is not None for preprocess in self.preprocessors):
-            lab = rgb_to_lab(unit_rgb(patches))
+            lab = LabPatches.of_bytes(patches)
         scores = [
             view_scores(network, preprocess(patches, lab), self.views)  # (N,)
             for network, preprocess in zip(self.networks, self.preprocessors)
