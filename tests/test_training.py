@@ -1,5 +1,6 @@
 """Tests of the training package: metrics, config, augmentation, models, views."""
 
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,9 +60,13 @@ def test_cross_validated_threshold_is_no_better_than_the_in_sample_one():
 
 # --- config -------------------------------------------------------------------------------------
 
-def test_shipped_configs_load():
-    config = load_config("cpu_small")
-    assert config.backbone in BACKBONES and config.split.n_folds == 5
+CONFIG_DIR = Path(__file__).parents[1] / "training" / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in CONFIG_DIR.glob("*.yaml")))
+def test_shipped_configs_load(name):
+    config = load_config(name)
+    assert config.name == name and config.backbone in BACKBONES and config.split.n_folds >= 2
 
 
 def test_config_rejects_unknown_keys_with_their_place():
