@@ -20,12 +20,13 @@ from training.data import read_amibr, read_manifest
 from training.cli import build_parser
 from training.cli import main as training_cli
 from training.synth.cli import add_synth_commands
-from training.synth.config import synth_config_from_dict
+from training.synth.config import CONFIG_DIR as SYNTH_CONFIG_DIR
+from training.synth.config import load_synth_config, synth_config_from_dict
 from training.synth.diffusion import create_diffusion
 from training.synth.networks import DIT_VARIANTS, create_dit, create_vae, dit_args
 from training.synth.quality import frechet_distance, memorisation, nearest_distances
 from training.synth.run import load_run, open_run
-from training.synth.sample import balance_count, default_options, load_generator, write_samples
+from training.synth.sample import balance_count, default_options, load_generator, to_patch_size, write_samples
 from training.splits import make_split, save_split
 
 TRAIN = {"steps": 6, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "log_every": 2, "checkpoint_every": 2,
@@ -393,3 +394,28 @@ def test_a_generator_made_before_the_class_fix_is_refused(workspace, tmp_path):
     with pytest.raises(ValueError, match="generator version 1"):
         quality_report(run, 0, workspace["classifier"], options=default_options(run), device=torch.device("cpu"),
                        show_progress=False)
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in SYNTH_CONFIG_DIR.glob("*.yaml")))
+def test_shipped_generator_configs_load_and_their_latents_fit_the_dit(name):
+    config = load_synth_config(name)
+    factor = 2 ** (len(config.vae.block_out_channels) - 1)  # AutoencoderKL halves the size in all but its last block
+    assert config.image_size % factor == 0 and config.vae.crop <= config.image_size
+    dit_args(config.dit.variant, config.vae.latent_channels, config.image_size // factor)
+
+
+def test_balanced_fine_tuning_draws_each_class_about_equally_often():
+    labels = torch.tensor([0] * 80 + [1] * 20).repeat(2)
+    assert trainer_module._draw_weights(labels, balanced=False) is None
+    weights = trainer_module._draw_weights(labels, balanced=True)
+    drawn = labels[torch.multinomial(weights, 4000, replacement=True, generator=torch.Generator().manual_seed(0))]
+    assert abs(drawn.float().mean().item() - 0.5) < 0.03  # uniform draws would give 0.2
+
+
+def test_a_generated_centre_becomes_a_full_patch_with_its_edges_mirrored():
+    centre = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    patch = to_patch_size(centre, 128)
+    assert patch.shape == (128, 128, 3)
+    assert np.array_equal(patch[32:96, 32:96], centre)
+    assert np.array_equal(patch[31], patch[33]) and np.array_equal(patch[:, 96], patch[:, 94])  # mirrored, not black
+    assert to_patch_size(patch, 128) is patch

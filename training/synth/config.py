@@ -70,6 +70,9 @@ class DiTConfig:
     # fan-in: at 1x, after pre-training the timestep term is ~100x the class term and a short
     # fine-tuning leaves the class without visible effect (docs/synthesis.md, "The class that did nothing").
     label_lr_scale: float = 30.0
+    # fine-tuning: draw each class equally often (atypical figures are a fifth of the patches, so
+    # plain draws show the atypical class embedding a fifth as many examples)
+    balanced_batches: bool = False
 
 
 @dataclass

@@ -30,6 +30,7 @@ import torch
 from matplotlib.figure import Figure
 from scipy.special import expit
 
+from inference.crops import fit_centred
 from training.data import CLASSES, load_images, read_manifest
 from training.splits import fold_fingerprint, load_split
 from training.synth.data import read_provenance, to_model_range
@@ -213,14 +214,18 @@ def quality_report(run: GeneratorRun, fold, classifier: Path, *, n_per_class: in
         synthetic, settings = _synthetic_set(run, fold, label, n, options, device, show_progress)
         per_class[name] = {**_class_figures(judge, real_val, train_samples, synthetic, device, run.config.seed,
                                             training_features), "sampling": settings}
-        # both synthetic rows start column i from the noise of seed i: what differs is the class
-        gallery += [(f"real {name}\n(validation)", real_val), (f"synthetic {name}\n(column = seed)", synthetic)]
+        # both synthetic rows start column i from the noise of seed i: what differs is the class; both
+        # shown at the size the generator draws (its centre crop of a patch)
+        size = run.config.image_size
+        gallery += [(f"real {name}\n(validation)", fit_centred(real_val, height=size, width=size)),
+                    (f"synthetic {name}\n(column = seed)", fit_centred(synthetic, height=size, width=size))]
     scores = {name: (figures.pop("_synthetic_p"), figures.pop("_real_p")) for name, figures in per_class.items()}
     report = {
         "fold": fold, "generator": f"{run.config.name}:fold{fold}", "split_fingerprint": fold_data.fingerprint,
         "judge": {k: judge[k] for k in ("fold_dir", "backbone", "threshold", "views")},
         "features": "judge's penultimate layer (forward_head(pre_logits=True)), identity view",
-        "vae_psnr_validation_db": vae_psnr(run, fold, load_images(fold_data.validation[:256]), device),
+        "vae_psnr_validation_db": vae_psnr(run, fold, load_images(fold_data.validation[:256], run.config.image_size),
+                                           device),
         "class_effect_auroc": _roc_auc(scores["atypical"][0], scores["normal"][0]),
         "class_effect_auroc_real_validation": _roc_auc(scores["atypical"][1], scores["normal"][1]),
         "per_class": per_class,

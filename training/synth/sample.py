@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from inference.contract import PATCH_SIZE
 from training.data import CLASSES
 from training.synth.data import read_provenance, to_uint8
 from training.synth.diffusion import Diffusion, create_diffusion
@@ -125,6 +126,20 @@ def _check_previous(dest: Path, record: dict) -> None:
                              f"delete {dest / 'images'} and {path} to draw them again, or choose another destination")
 
 
+def to_patch_size(patch: np.ndarray, size: int = PATCH_SIZE) -> np.ndarray:
+    """A generated (s, s, 3) image as a (size, size, 3) patch, its figure in the centre as in real patches.
+
+    A generator of the centre s < size pixels (the part the classifiers crop) gets the rest mirrored
+    from its own edge, so the classifier's shifts and zooms meet tissue-like pixels, never a black
+    band that only synthetic patches would have.
+    """
+    margin = size - patch.shape[0]
+    if margin <= 0:
+        return patch
+    return np.pad(patch, ((margin // 2, margin - margin // 2), (margin // 2, margin - margin // 2), (0, 0)),
+                  mode="reflect")
+
+
 def write_samples(run: GeneratorRun, fold, *, label: int, n: int, dest: Path, options: SampleOptions,
                   device: torch.device, show_progress: bool = True) -> Path:
     """Draw n images of class `label` into `<dest>/images/` and write `<dest>/manifest.csv`; returns its path."""
@@ -151,7 +166,7 @@ def write_samples(run: GeneratorRun, fold, *, label: int, n: int, dest: Path, op
         seconds += time.perf_counter() - started
         generated += len(batch)
         for i, patch in zip(batch, patches):
-            Image.fromarray(patch).save(dest / names[i])
+            Image.fromarray(to_patch_size(patch)).save(dest / names[i])
     _write_manifest(dest / "manifest.csv", names, label, fold, generator_name, options)
     summary = {**record, "complete": True, "n_generated_this_call": generated,
                "images_per_second": generated / seconds if seconds else None, "device": str(device)}

@@ -341,6 +341,14 @@ def load_dit(stage_dir: Path, prefer: str = "ema", device: torch.device = torch.
     return network.to(device).eval(), args
 
 
+def _draw_weights(labels: torch.Tensor, balanced: bool) -> torch.Tensor | None:
+    """Per-latent draw weights that give every class the same share of a batch, or None (uniform draws)."""
+    if not balanced:
+        return None
+    counts = torch.bincount(labels)
+    return 1.0 / counts[labels].double()
+
+
 def train_dit(config: SynthConfig, fold_dir: Path, fold_data: FoldData, stage: str, device: torch.device, *,
               show_progress: bool = True) -> dict:
     """Pre-train (class-agnostic, on fold_data.pretrain) or fine-tune (class-conditional) fold k's DiT."""
@@ -377,9 +385,12 @@ def train_dit(config: SynthConfig, fold_dir: Path, fold_data: FoldData, stage: s
     train = getattr(config, stage)
     optimisation = _Optimisation(network, train, faster=faster, faster_scale=config.dit.label_lr_scale)
 
+    weights = _draw_weights(labels, balanced=stage == "finetune" and config.dit.balanced_batches)
+
     def next_loss(step: int) -> torch.Tensor:
         generator = step_generator(config.seed, stage, step)
-        index = torch.randint(0, len(mean), (train.batch_size,), generator=generator)
+        index = (torch.randint(0, len(mean), (train.batch_size,), generator=generator) if weights is None
+                 else torch.multinomial(weights, train.batch_size, replacement=True, generator=generator))
         latents = mean[index] + std[index] * torch.randn(mean[index].shape, generator=generator)
         return diffusion.training_loss(network, latents.to(device), labels[index].to(device), generator)
 
