@@ -6,7 +6,9 @@ is timed from outside (spawn to exit); `process.py --timings` reports its own ph
 main() started and ended), so the start-up before main() and the exit after it are split off too.
 Interpreter start-up and exit alone (`python -c pass`) and the import of process.py are timed in
 fresh processes of their own. With `--baseline REV` the process.py and crops.py
-of that git revision run interleaved with the current ones, as a before/after.
+of that git revision run interleaved with the current ones, as a before/after; with `--candidate
+MODEL_DIR` the current process.py runs another model folder interleaved with the shipped one (a
+recipe candidate against the time budget: both see the same machine, run for run).
 """
 
 import argparse
@@ -19,7 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks import quiet
-from benchmarks.common import MODEL_DIR, ROOT, median, ms, report
+from benchmarks.common import MODEL_DIR, ROOT, display_path, median, ms, report
 
 SAMPLE_STACK = ROOT / "test" / "input"  # 16 pages of 128x128, as the official stacks, laid out as the platform does
 # The same stack under its upload name: revisions before the platform layout was read only find it so.
@@ -118,6 +120,8 @@ def main(argv=None) -> int:
                                                  "with --baseline, which older revisions can read)")
     parser.add_argument("--model", type=Path, default=MODEL_DIR)
     parser.add_argument("--baseline", metavar="REV", help="also time process.py at this git revision, interleaved")
+    parser.add_argument("--candidate", type=Path, metavar="MODEL_DIR",
+                        help="also time this model folder (an export), interleaved with --model")
     quiet.add_arguments(parser)
     args = parser.parse_args(argv)
     args.input = (args.input or sample_case(args.baseline)).resolve()  # the runs' working folder is the script's
@@ -128,9 +132,14 @@ def main(argv=None) -> int:
         old_script = baseline_folder(args.baseline, Path(scratch)) if args.baseline else None
         # One untimed run first: the libraries and the graph are then in the page cache for every run below.
         run_process(args.python, script, input_dir=args.input, model_dir=args.model, timings=False)
-        runs, old_runs, interpreter, imports = [], [], [], []
+        if args.candidate:
+            run_process(args.python, script, input_dir=args.input, model_dir=args.candidate.resolve(), timings=False)
+        runs, old_runs, candidate_runs, interpreter, imports = [], [], [], [], []
         for _ in range(args.runs):
             runs.append(run_process(args.python, script, input_dir=args.input, model_dir=args.model, timings=True))
+            if args.candidate:
+                candidate_runs.append(run_process(args.python, script, input_dir=args.input,
+                                                  model_dir=args.candidate.resolve(), timings=True))
             if old_script:
                 old_runs.append(run_process(args.python, old_script, input_dir=args.input, model_dir=args.model,
                                             timings=False))
@@ -140,12 +149,20 @@ def main(argv=None) -> int:
     columns.update(interpreter=interpreter, imports=imports)
     rows = [[what, ms(median(columns[key])), ms(min(columns[key])), ms(max(columns[key]))]
             for key, what in PHASES if columns[key]]
+    for key, what in PHASES if candidate_runs else ():
+        values = [run[key] for run in candidate_runs if key in run]
+        if values and key in ("load", "infer", "total"):
+            rows.append([f"candidate {args.candidate.name}: {what.strip('*')}" + (" (the same runs, interleaved)"
+                         if key == "total" else ""), ms(median(values)), ms(min(values)), ms(max(values))])
     if old_runs:
         old = [run["total"] for run in old_runs]
         rows.append([f"**total, process.py of {args.baseline}** (the same runs, interleaved)",
                      ms(median(old)), ms(min(old)), ms(max(old))])
     case = args.input.resolve().relative_to(ROOT) if args.input.resolve().is_relative_to(ROOT) else args.input
-    report("startup", f"process.py per stack, cold ({args.runs} fresh processes, case {case})",
+    title = f"process.py per stack, cold ({args.runs} fresh processes, case {case})"
+    if args.candidate:
+        title += f"; model {display_path(args.model)} against candidate {display_path(args.candidate)}"
+    report("startup_candidate" if args.candidate else "startup", title,
            ["phase", "median ms", "min ms", "max ms"], rows, state=state,
            packages=("onnxruntime", "numpy", "SimpleITK"),
            notes=["Phases inside main() are process.py's own `--timings`; the rest of main() (arguments, "
