@@ -15,6 +15,7 @@ BENCHMARKS = [
     ("benchmarks.image_size", []),
     ("benchmarks.startup", ["--runs", "10"]),
     ("benchmarks.session", []),
+    ("benchmarks.graph_profile", []),
     ("benchmarks.throughput", []),
     ("benchmarks.ort_vs_torch", []),
     ("benchmarks.precision", []),
