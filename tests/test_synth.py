@@ -246,12 +246,16 @@ def test_quality_report_compares_with_held_out_patches_and_writes_a_synthetic_on
     assert training_cli(["synth", "summary", str(workspace["generator"]), "--fold", "0", "--out", str(out)]) == 0
     summary = json.loads(out.read_text())
     assert summary["config"] == "tiny" and summary["commands"][1].startswith("python -m training synth summary")
-    assert f"--classifier {workspace['classifier']}" in summary["commands"][0]
+    assert summary["commands"][0].endswith(f"--classifier {workspace['classifier']}")  # the config's sampling
     row = summary["folds"][0]
     assert row["fold"] == 0 and row["class_effect_auroc"] == report["class_effect_auroc"]
     assert row["real_vs_synthetic_auroc"] == max(atypical["two_sample_auroc"], normal["two_sample_auroc"])
     assert (row["fid_atypical"], row["fid_reference_normal"]) == (
         atypical["frechet_distance"], normal["frechet_distance_real_reference"])
+    assert training_cli(["synth", "quality", str(workspace["generator"]), "--fold", "0", "--guidance", "3",
+                         "--classifier", str(workspace["classifier"]), "--quiet"]) == 0  # drawn before: reused
+    assert training_cli(["synth", "summary", str(workspace["generator"]), "--fold", "0", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["commands"][0].endswith(f"--classifier {workspace['classifier']} --guidance 3")
     capsys.readouterr()
     assert training_cli(["synth", "summary", str(workspace["generator"]), "--fold", "1", "--out", str(out)]) != 0
     assert "run `python -m training synth quality" in capsys.readouterr().err

@@ -292,8 +292,27 @@ def write_gallery(sets: list, path: Path, columns: int = 8, rows_per_set: int = 
 
 
 MAKE_COMMAND = ("python -m training synth all --config {config} --out {run} --fold {folds} "
-                "--split {classifier}/split.json --classifier {classifier}")
+                "--split {classifier}/split.json --classifier {classifier}{sampling}")
 SUMMARY_COMMAND = "python -m training synth summary {run} --fold {folds} --out {out}"
+
+
+def sampling_flags(run: GeneratorRun, rows: list) -> str:
+    """` --guidance G` etc. for the sampling settings the folds' reports used where they are not the config's.
+
+    The folds must agree: one summary describes one way of drawing (a ValueError otherwise).
+    """
+    defaults = {"guidance": float(run.config.diffusion.guidance), "steps": int(run.config.diffusion.steps),
+                "sampler": run.config.diffusion.sampler}
+    flags = ""
+    for key, default in defaults.items():
+        values = {type(default)(row["sampling"][key]) for row in rows}  # the manifests hold them as text
+        if len(values) > 1:
+            raise ValueError(f"the folds' quality reports were drawn with different {key} settings ({sorted(values)}); "
+                             f"run `synth quality` again with one setting for all of them")
+        value = values.pop()
+        if value != default:
+            flags += f" --{key} {value:g}" if isinstance(value, float) else f" --{key} {value}"
+    return flags
 
 
 def quality_summary(run: GeneratorRun, folds: list, out: Path) -> dict:
@@ -330,7 +349,7 @@ def quality_summary(run: GeneratorRun, folds: list, out: Path) -> dict:
     classifier = classifiers.pop() if len(classifiers) == 1 else "<real-only run>"  # one judge run for all folds
     summary = {"config": run.config.name,
                "commands": [MAKE_COMMAND.format(config=run.config.name, run=run.root, folds=folds_text,
-                                                classifier=classifier),
+                                                classifier=classifier, sampling=sampling_flags(run, rows)),
                             SUMMARY_COMMAND.format(run=run.root, folds=folds_text, out=out)],
                "folds": rows}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
