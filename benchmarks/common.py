@@ -117,6 +117,14 @@ def amibr_patches(count: int | None = None) -> np.ndarray:
     return load_images(samples[:count] if count else samples)
 
 
+def sample_stack_pixels() -> np.ndarray:
+    """The project's sample stack (test/input), (16, 128, 128, 3) uint8, as SimpleITK reads it."""
+    import SimpleITK as sitk
+
+    image = next((ROOT / "test" / "input" / "images").rglob("*.tif*"))
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(image)))
+
+
 def shipped_onnx() -> Path:
     """The shipped graph, as model/model.json names it."""
     import json

@@ -17,23 +17,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
 from inference.model import session_options
 from benchmarks import quiet
-from benchmarks.common import MODEL_DIR, display_path, median, report
-from benchmarks.startup import SAMPLE_STACK
+from benchmarks.common import MODEL_DIR, display_path, median, report, sample_stack_pixels
 
 NETWORK_OPS = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Gemm"}
 SESSION_EVENTS = ("model_loading_uri", "session_initialization")
-
-
-def sample_pages() -> np.ndarray:
-    import SimpleITK as sitk
-
-    image = next((SAMPLE_STACK / "images").rglob("*.tif*"))
-    return np.ascontiguousarray(sitk.GetArrayFromImage(sitk.ReadImage(str(image)))[..., :3])
 
 
 def profiled_session(model_dir: Path, scratch: Path) -> ort.InferenceSession:
@@ -57,7 +48,7 @@ def profile_summary(events: list, runs: int) -> dict:
 
 def measure(model_dirs: list, runs: int, repeats: int) -> list:
     """Per model, the median over `repeats` fresh sessions of profile_summary (runs after one warm-up)."""
-    pages = sample_pages()
+    pages = sample_stack_pixels()
     summaries = [[] for _ in model_dirs]
     with tempfile.TemporaryDirectory() as scratch:
         for _ in range(repeats):

@@ -19,8 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from benchmarks import quiet
-from benchmarks.common import MODEL_DIR, ROOT, median, ms, report
-from benchmarks.startup import SAMPLE_STACK
+from benchmarks.common import MODEL_DIR, ROOT, median, ms, report, sample_stack_pixels
 
 PROBE = """
 import json, sys, time
@@ -48,11 +47,8 @@ def optimise_ahead(source: Path, target: Path, level: str) -> Path:
 
 
 def sample_pages(folder: Path) -> Path:
-    import SimpleITK as sitk
-
-    image = next((SAMPLE_STACK / "images").rglob("*.tif*"))
     path = folder / "pages.npy"
-    np.save(path, sitk.GetArrayFromImage(sitk.ReadImage(str(image))))
+    np.save(path, sample_stack_pixels())
     return path
 
 

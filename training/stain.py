@@ -8,9 +8,9 @@ arguments.
 
 The sRGB <-> CIELAB maps are kornia's (rgb_to_lab / lab_to_rgb, D65: the same constants, the same
 piecewise formulae), written out here for the graph ONNX Runtime runs on every stack: the 3x3
-colour matrices as 1x1 convolutions (kornia's export makes them Einsum nodes, which ONNX Runtime's
-CPU kernels ran about 2.5x slower), the cube root and the sRGB powers as exp(k * log(x)) (Pow with a
-fractional exponent ran about 2x slower), and one conversion and one set of statistics shared by
+colour matrices as 1x1 convolutions (kornia's export makes them Einsum nodes, slower in ONNX
+Runtime's CPU kernels), the cube root and the sRGB powers as exp(k * log(x)) (Pow with a fractional
+exponent is slower there too), and one conversion and one set of statistics shared by
 all members of an ensemble (docs/recipes.md). tests/test_stain.py holds them to kornia's maps.
 
 Statistics are those of the whole patch (the figure and its context), taken before the centre crop:
