@@ -35,7 +35,7 @@ RUN case "${VARIANT}" in \
            /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -r "${requirements}"; \
        fi \
     && /opt/venv/bin/pip uninstall --yes --quiet setuptools pip \
-    && /opt/venv/bin/python -c "import numpy, SimpleITK, onnxruntime; print('onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())"
+    && /opt/venv/bin/python -c "import numpy, SimpleITK, tifffile, onnxruntime; print('onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())"
 
 # Stage 2: the image that runs. Same base, so the venv's python symlink resolves the same way.
 FROM ${BASE_IMAGE}

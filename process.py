@@ -92,7 +92,7 @@ def exit_at_once(exit_code: int) -> None:
 if __name__ == "__main__":
     exit_code = main()
     # The outputs are written and fsynced: the interpreter's teardown (mostly SimpleITK's module
-    # cleanup) would only hold the platform up, ~35 ms of a ~0.4 s stack. Done at exit rather than
+    # cleanup, where a file needed it) would only hold the platform up. Done at exit rather than
     # here, so that code running this file as __main__ in-process (runpy) still reaches its end first.
     atexit.register(exit_at_once, exit_code)
     raise SystemExit(exit_code)

@@ -101,10 +101,10 @@ def import_seconds(python: str) -> float:
 
 PHASES = [  # (key, what it is)
     ("interpreter", "Python start-up and exit alone (`python -c pass`)"),
-    ("imports", "import process.py: numpy, onnxruntime, SimpleITK, the inference package (timed inside a fresh process)"),
+    ("imports", "import process.py: numpy, onnxruntime, tifffile, the inference package (in a fresh process)"),
     ("before_main", "spawn -> main() entered: interpreter start-up + imports"),
     ("load", "model: model.json, sha256, ONNX Runtime session"),
-    ("read", "image read (SimpleITK)"),
+    ("read", "image read (inference/stack_files.py)"),
     ("infer", "fit pages + inference"),
     ("write", "JSON written atomically (fsync)"),
     ("after_main", "main() returned -> process gone"),
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
         title += f"; model {display_path(args.model)} against candidate {display_path(args.candidate)}"
     report("startup_candidate" if args.candidate else "startup", title,
            ["phase", "median ms", "min ms", "max ms"], rows, state=state,
-           packages=("onnxruntime", "numpy", "SimpleITK"),
+           packages=("onnxruntime", "numpy", "tifffile"),
            notes=["Phases inside main() are process.py's own `--timings`; the rest of main() (arguments, "
                   "inputs.json, log lines) is not listed. Each phase's median is over its own runs, so the "
                   "medians need not add up to the total's.",

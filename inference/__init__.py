@@ -8,7 +8,8 @@ what the container computes.
     errors.py         InputError (a problem the user can fix), log lines, phase timings
     sockets.py        inputs.json and where each socket's file lies (the platform's UUID names)
     image_checks.py   a file's structure before decoding: every page there, nothing damaged
-    images.py         reading stacks and whole images with SimpleITK, pixel types and page sizes
+    stack_files.py    a stack's pages without SimpleITK: MetaImage with numpy, TIFF with tifffile
+    images.py         reading stacks and whole images (SimpleITK for what stack_files leaves), pixel types, page sizes
     crops.py          cutting model-sized crops around points (shared with training)
     model.py          the model folder, the ONNX Runtime session, prediction in batches
     stack.py          the official stack interface

@@ -1,4 +1,4 @@
-"""Structural checks of an input image file before SimpleITK decodes it: how many pages it holds.
+"""Structural checks of an input image file before it is decoded: how many pages it holds.
 
 Grand-challenge fails a whole evaluation when one result has fewer entries than its ground truth,
 so a damaged stack must end in an error, never in fewer or altered pages. SimpleITK (libtiff,
@@ -6,9 +6,9 @@ MetaIO) does not promise that: a TIFF whose page chain is cut short reads as the
 cut, a chain that loops back never returns, and a compressed MetaImage whose data are damaged
 reads as partly wrong pixels without a word. This module reads only the files' structure (TIFF
 6.0 and BigTIFF directories, the MetaImage header) and, for compressed MetaImage data, inflates
-it once to prove it whole. `expected_pages` says how many pages SimpleITK must return; anything
-else it finds wrong is a `DamagedImage`. Pixel data stored without compression carry no checksum,
-so damage inside them cannot be seen by anyone and is not looked for.
+it once to prove it whole. `expected_pages` says how many pages the decoder (stack_files.py or
+SimpleITK) must return; anything else it finds wrong is a `DamagedImage`. Pixel data stored without
+compression carry no checksum, so damage inside them cannot be seen by anyone and is not looked for.
 
 Standard library only (struct, zlib), so that the container keeps its dependencies.
 """
@@ -56,11 +56,21 @@ def expected_pages(path: Path) -> int | None:
     pixels afterwards), so a large region of interest is not held twice in memory.
     """
     data = mapped(Path(path))
-    if data[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+    if is_tiff(data):
         return TiffStructure(data).pages()
-    if data[:64].lstrip()[:10].lower().startswith((b"objecttype", b"ndims")):
+    if is_metaimage(data):
         return metaimage_pages(data)
     return None
+
+
+def is_tiff(data: bytes) -> bool:
+    """Whether the bytes start as a classic or Big TIFF, either byte order."""
+    return data[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+
+
+def is_metaimage(data: bytes) -> bool:
+    """Whether the bytes start as a MetaImage header (its first field, ObjectType or NDims)."""
+    return data[:64].lstrip()[:10].lower().startswith((b"objecttype", b"ndims"))
 
 
 def mapped(path: Path) -> bytes | mmap.mmap:

@@ -1,20 +1,25 @@
-"""Reading a stack of pages or a whole region of interest with SimpleITK, as the container takes them.
+"""Reading a stack of pages or a whole region of interest, as the container takes them.
 
 Pages (and whole images, for their pixel types and channels) are taken as they come, with the
 adjustments process.py's docstring tabulates, each one logged. A file whose structure says it holds
-more pages than SimpleITK decodes is refused (image_checks.py): an answer for fewer pages would
-fail the whole evaluation.
+more pages than are decoded is refused (image_checks.py): an answer for fewer pages would fail the
+whole evaluation. A stack in the layouts stack_files.py reads is read there; everything else, and
+every region of interest (whose spacing and direction matter), with SimpleITK, imported only then:
+its import is the largest part of process.py's start-up.
 """
 
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 
-from inference import crops, image_checks
+from inference import crops, image_checks, stack_files
 from inference.errors import InputError, log
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 
 def sitk_reason(error: RuntimeError) -> str:
@@ -66,34 +71,46 @@ def to_rgb(pages: np.ndarray, *, path: Path) -> np.ndarray:
     raise InputError(f"{path}: {channels} channels per pixel; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
 
 
-def open_image(path: Path) -> tuple[sitk.Image, int | None]:
-    """The image SimpleITK reads from `path`, and the pages its structure says it holds (image_checks).
-
-    The structure is checked first: damage ends here as an InputError, before SimpleITK can hang
-    on it or return fewer pages.
-    """
+def checked_pages(path: Path) -> int | None:
+    """The pages `path`'s structure says it holds (image_checks); damage ends here as an InputError,
+    before a decoder can hang on it or return fewer pages."""
     try:
-        expected = image_checks.expected_pages(path)
+        return image_checks.expected_pages(path)
     except image_checks.DamagedImage as error:
         raise InputError(f"damaged image {path}: {error}") from error
     except OSError as error:
         raise InputError(f"cannot read image {path}: {error.strerror}") from error
+
+
+def sitk_image(path: Path) -> "sitk.Image":
+    """The image SimpleITK reads from `path` (its structure already checked)."""
+    import SimpleITK as sitk
+
     try:
-        return sitk.ReadImage(str(path)), expected
+        return sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise InputError(f"cannot read image {path}: {sitk_reason(error)}") from error
 
 
-def read_stack(*, path: Path) -> np.ndarray:
-    """Every page of a stack as (N, H, W, 3) uint8, in page order; all the pages the file holds, or an error."""
-    image, expected = open_image(path)
+def sitk_stack(path: Path) -> np.ndarray:
+    """A stack's pages as (N, H, W, C), read by SimpleITK: the layouts stack_files does not read."""
+    import SimpleITK as sitk
+
+    image = sitk_image(path)
     if image.GetDimension() not in (2, 3):
         raise InputError(f"{path}: a {image.GetDimension()}-D image; expected pages of a 2-D or 3-D stack")
     pages = sitk.GetArrayFromImage(image)  # (N, H, W[, C]) or (H, W[, C]) for a single page
     if image.GetDimension() == 2:
         pages = pages[np.newaxis]
-    if pages.ndim == 3:
-        pages = pages[..., np.newaxis]
+    return pages[..., np.newaxis] if pages.ndim == 3 else pages
+
+
+def read_stack(*, path: Path) -> np.ndarray:
+    """Every page of a stack as (N, H, W, 3) uint8, in page order; all the pages the file holds, or an error."""
+    expected = checked_pages(path)
+    pages = stack_files.read_pages(path)
+    if pages is None:
+        pages = sitk_stack(path)
     if pages.size == 0:
         raise InputError(f"{path}: the image has no pages (shape {pages.shape[:3]})")
     if expected is not None and len(pages) != expected:
@@ -128,7 +145,10 @@ class Geometry:
 
 def read_roi(*, path: Path) -> tuple[np.ndarray, Geometry]:
     """A whole region-of-interest image as (H, W, 3) uint8, and where its pixels lie."""
-    image, expected = open_image(path)
+    import SimpleITK as sitk
+
+    expected = checked_pages(path)
+    image = sitk_image(path)
     if expected not in (None, 1):
         raise InputError(f"{path}: a stack of {expected} pages; expected one 2-D region of interest")
     dimension, size = image.GetDimension(), image.GetSize()

@@ -545,7 +545,7 @@ def test_nvidia_driver_check_is_false_without_a_gpu():
 # ---------------------------------------------------------------------------------------------
 # what process.py imports
 
-HEAVY_MODULES = ("torch", "timm", "training", "torchvision", "tifffile", "PIL", "onnx")
+HEAVY_MODULES = ("torch", "timm", "training", "torchvision", "PIL", "onnx")
 
 IMPORT_PROBE = """
 import json, runpy, sys
@@ -558,17 +558,31 @@ print(json.dumps({"code": code, "modules": sorted({name.split(".")[0] for name i
 """
 
 
-def test_process_imports_nothing_heavy(make_case, fake_model_dir, tmp_path):
-    input_dir = make_case(brightness_pages([100]))
-    probe = subprocess.run(
-        [sys.executable, "-c", IMPORT_PROBE, str(input_dir), str(tmp_path / "output"), str(fake_model_dir)],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )
+def imported_by_process(input_dir: Path, model_dir: Path, output_dir: Path) -> set[str]:
+    """Top-level modules loaded in a process that ran process.py on one case."""
+    probe = subprocess.run([sys.executable, "-c", IMPORT_PROBE, str(input_dir), str(output_dir), str(model_dir)],
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
     report = json.loads(probe.stdout.splitlines()[-1])
     assert report["code"] == 0, probe.stderr
-    modules = set(report["modules"])
-    assert {"numpy", "SimpleITK", "onnxruntime"} <= modules  # the probe does see what process.py imports
+    return set(report["modules"])
+
+
+@pytest.mark.parametrize("name", ["stack.tiff", "stack.mha"])
+def test_process_imports_nothing_heavy(make_case, fake_model_dir, tmp_path, name):
+    """A stack as the platform hands it over is read without SimpleITK, whose import is the slowest."""
+    modules = imported_by_process(make_case(brightness_pages([100]), name=name), fake_model_dir, tmp_path / "output")
+    assert {"numpy", "onnxruntime", "tifffile"} <= modules  # the probe does see what process.py imports
+    assert "SimpleITK" not in modules
     assert modules.isdisjoint(HEAVY_MODULES), sorted(modules & set(HEAVY_MODULES))
+
+
+def test_simpleitk_is_imported_for_what_only_it_reads(make_case, fake_model_dir, tmp_path):
+    input_dir = make_case(brightness_pages([100, 200]))
+    path = stack_file(input_dir)
+    sitk.WriteImage(sitk.GetImageFromArray(brightness_pages([100, 200]), isVector=True), str(path),
+                    useCompression=True, compressor="LZW")
+    assert "SimpleITK" in imported_by_process(input_dir, fake_model_dir, tmp_path / "output")
+    check_probabilities(input_dir, fake_model_dir, tmp_path, brightness_pages([100, 200]))
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -593,7 +607,7 @@ def test_process_imports_only_the_inference_package():
 
 @pytest.mark.parametrize("module", sorted(path.name for path in PACKAGE.glob("*.py")))
 def test_the_package_imports_no_torch_and_nothing_from_training(module):
-    assert imported_modules(PACKAGE / module) <= {"numpy", "SimpleITK", "onnxruntime", "inference"}
+    assert imported_modules(PACKAGE / module) <= {"numpy", "SimpleITK", "tifffile", "onnxruntime", "inference"}
 
 
 def test_the_image_gets_process_py_and_the_whole_package():
