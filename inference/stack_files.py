@@ -10,7 +10,8 @@ spacing, origin or direction). So the layouts a stack usually comes in are read 
 - a TIFF whose pages are all full-resolution, of one size, in strips (not tiles), grey or RGB, 8 or 16
   bit unsigned, interleaved, top-left oriented, uncompressed, Deflate or PackBits: read with tifffile.
 
-`read_pages` returns None for anything else (LZW, JPEG, tiles, palette or separate planes, a reduced
+tifffile is imported only for a TIFF (its import costs tens of milliseconds an MHA stack need not
+pay). `read_pages` returns None for anything else (LZW, JPEG, tiles, palette or separate planes, a reduced
 page, ASCII MetaImage data, ...) and images.py reads that with SimpleITK, as before. Both readers must give
 the same pixels; tests/test_stack_files.py holds them to it over every layout read here. The file's
 structure has been checked by image_checks before this runs.
@@ -19,8 +20,9 @@ structure has been checked by image_checks before this runs.
 import zlib
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import tifffile
 
 from inference import image_checks
 from inference.errors import log, one_line
@@ -28,9 +30,13 @@ from inference.errors import log, one_line
 METAIMAGE_DTYPES = {"MET_CHAR": "i1", "MET_UCHAR": "u1", "MET_SHORT": "i2", "MET_USHORT": "u2", "MET_INT": "i4",
                     "MET_UINT": "u4", "MET_LONG_LONG": "i8", "MET_ULONG_LONG": "u8", "MET_FLOAT": "f4",
                     "MET_DOUBLE": "f8"}
-TIFF_COMPRESSIONS = {tifffile.COMPRESSION.NONE, tifffile.COMPRESSION.ADOBE_DEFLATE, tifffile.COMPRESSION.DEFLATE,
-                     tifffile.COMPRESSION.PACKBITS}  # those tifffile decodes without imagecodecs
-TIFF_SAMPLES = {tifffile.PHOTOMETRIC.MINISBLACK: 1, tifffile.PHOTOMETRIC.RGB: 3}
+if TYPE_CHECKING:
+    import tifffile
+
+# TIFF 6.0 codes, as tifffile's enums hold them (tifffile is imported only when a TIFF comes)
+TIFF_COMPRESSIONS = {1, 8, 32946, 32773}  # none, Deflate, Adobe Deflate, PackBits: decoded without imagecodecs
+TIFF_SAMPLES = {1: 1, 2: 3}  # photometric MinIsBlack: 1 sample per pixel, RGB: 3
+UNSIGNED, CONTIGUOUS, NO_PREDICTOR = 1, 1, 1  # SampleFormat, PlanarConfiguration, Predictor
 ORIENTATION, FILL_ORDER = 274, 266  # TIFF tags: both must be absent or 1 (top-left rows, most significant bit first)
 
 
@@ -76,6 +82,8 @@ def inflated(stream: memoryview) -> bytes:
 
 def tiff_pages(path: Path) -> np.ndarray | None:
     """(N, H, W, C) pixels of a TIFF in a layout read here, or None; a failure of tifffile's is logged, then None."""
+    import tifffile
+
     try:
         with tifffile.TiffFile(path) as tiff:
             pages = list(tiff.pages)
@@ -96,9 +104,9 @@ def takes(page: "tifffile.TiffPage") -> bool:
     tags = page.tags
     return (not page.is_tiled  # SimpleITK reads tiled RGB through libtiff's RGBA interface, as 4 channels
             and page.compression in TIFF_COMPRESSIONS
-            and page.predictor == tifffile.PREDICTOR.NONE
+            and page.predictor == NO_PREDICTOR
             and TIFF_SAMPLES.get(page.photometric) == page.samplesperpixel
-            and (page.samplesperpixel == 1 or page.planarconfig == tifffile.PLANARCONFIG.CONTIG)
-            and page.bitspersample in (8, 16) and page.sampleformat == tifffile.SAMPLEFORMAT.UINT
+            and (page.samplesperpixel == 1 or page.planarconfig == CONTIGUOUS)
+            and page.bitspersample in (8, 16) and page.sampleformat == UNSIGNED
             and not page.subfiletype & image_checks.REDUCED_RESOLUTION
             and all(tags.valueof(tag, 1) == 1 for tag in (ORIENTATION, FILL_ORDER)))

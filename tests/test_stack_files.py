@@ -189,3 +189,12 @@ def test_a_tifffile_failure_is_logged_and_left_to_simpleitk(tmp_path, monkeypatc
     assert "tifffile could not read stack.tiff (a decoder's complaint); reading it with SimpleITK" in logged
     monkeypatch.undo()
     np.testing.assert_array_equal(images.read_stack(path=path), pixels(np.uint8, 3))
+
+
+def test_the_tiff_codes_are_tifffiles():
+    """stack_files names TIFF codes as integers (tifffile is imported only for a TIFF); they must be tifffile's."""
+    assert stack_files.TIFF_COMPRESSIONS == {tifffile.COMPRESSION.NONE, tifffile.COMPRESSION.DEFLATE,
+                                             tifffile.COMPRESSION.ADOBE_DEFLATE, tifffile.COMPRESSION.PACKBITS}
+    assert stack_files.TIFF_SAMPLES == {tifffile.PHOTOMETRIC.MINISBLACK: 1, tifffile.PHOTOMETRIC.RGB: 3}
+    assert (stack_files.UNSIGNED, stack_files.CONTIGUOUS, stack_files.NO_PREDICTOR) == (
+        tifffile.SAMPLEFORMAT.UINT, tifffile.PLANARCONFIG.CONTIG, tifffile.PREDICTOR.NONE)
