@@ -101,10 +101,10 @@ def import_seconds(python: str) -> float:
 
 PHASES = [  # (key, what it is)
     ("interpreter", "Python start-up and exit alone (`python -c pass`)"),
-    ("imports", "import process.py: numpy, onnxruntime, tifffile, the inference package (in a fresh process)"),
+    ("imports", "import process.py: numpy, onnxruntime, the inference package (in a fresh process)"),
     ("before_main", "spawn -> main() entered: interpreter start-up + imports"),
     ("load", "model: model.json, sha256, ONNX Runtime session"),
-    ("read", "image read (inference/stack_files.py)"),
+    ("read", "image read (inference/stack_files.py; for a TIFF, tifffile's import)"),
     ("infer", "fit pages + inference"),
     ("write", "JSON written atomically (fsync)"),
     ("after_main", "main() returned -> process gone"),

@@ -5,7 +5,7 @@ adjustments process.py's docstring tabulates, each one logged. A file whose stru
 more pages than are decoded is refused (image_checks.py): an answer for fewer pages would fail the
 whole evaluation. A stack in the layouts stack_files.py reads is read there; everything else, and
 every region of interest (whose spacing and direction matter), with SimpleITK, imported only then:
-its import is the largest part of process.py's start-up.
+it is the slowest import of process.py's start-up after numpy.
 """
 
 import re

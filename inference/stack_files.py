@@ -1,8 +1,8 @@
 """A stack's pages read without SimpleITK, for the file layouts the platform and common writers make.
 
-Importing SimpleITK is the largest single part of process.py's start-up (about half of its imports
-beyond numpy: benchmarks/startup.py), and a stack needs nothing SimpleITK adds to its pixels (no
-spacing, origin or direction). So the layouts a stack usually comes in are read here:
+SimpleITK is the slowest import of process.py's start-up after numpy, and the largest library in
+memory (benchmarks/startup.py; docs/performance.md), and a stack needs nothing SimpleITK adds to its
+pixels (no spacing, origin or direction). So the layouts a stack usually comes in are read here:
 
 - a MetaImage (.mha) holding its own binary pixels (ElementDataFile = LOCAL), raw or zlib-compressed,
   of one of MetaIO's scalar element types, in either byte order: what grand-challenge writes when it
@@ -10,16 +10,15 @@ spacing, origin or direction). So the layouts a stack usually comes in are read 
 - a TIFF whose pages are all full-resolution, of one size, in strips (not tiles), grey or RGB, 8 or 16
   bit unsigned, interleaved, top-left oriented, uncompressed, Deflate or PackBits: read with tifffile.
 
-tifffile is imported only for a TIFF (its import costs tens of milliseconds an MHA stack need not
-pay). `read_pages` returns None for anything else (LZW, JPEG, tiles, palette or separate planes, a reduced
-page, ASCII MetaImage data, ...) and images.py reads that with SimpleITK, as before. Both readers must give
-the same pixels; tests/test_stack_files.py holds them to it over every layout read here. The file's
-structure has been checked by image_checks before this runs.
+tifffile is imported only for a TIFF (its import costs tens of milliseconds that an MHA stack need
+not pay). `read_pages` returns None for anything else (LZW, JPEG, tiles, palette or separate planes,
+a reduced page, ASCII MetaImage data, ...) and images.py reads that with SimpleITK, as before. Both
+readers must give the same pixels; tests/test_stack_files.py holds them to it over every layout read
+here. The file's structure has been checked by image_checks before this runs.
 """
 
 import zlib
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,12 +26,12 @@ import numpy as np
 from inference import image_checks
 from inference.errors import log, one_line
 
-METAIMAGE_DTYPES = {"MET_CHAR": "i1", "MET_UCHAR": "u1", "MET_SHORT": "i2", "MET_USHORT": "u2", "MET_INT": "i4",
-                    "MET_UINT": "u4", "MET_LONG_LONG": "i8", "MET_ULONG_LONG": "u8", "MET_FLOAT": "f4",
-                    "MET_DOUBLE": "f8"}
 if TYPE_CHECKING:
     import tifffile
 
+METAIMAGE_DTYPES = {"MET_CHAR": "i1", "MET_UCHAR": "u1", "MET_SHORT": "i2", "MET_USHORT": "u2", "MET_INT": "i4",
+                    "MET_UINT": "u4", "MET_LONG_LONG": "i8", "MET_ULONG_LONG": "u8", "MET_FLOAT": "f4",
+                    "MET_DOUBLE": "f8"}
 # TIFF 6.0 codes, as tifffile's enums hold them (tifffile is imported only when a TIFF comes)
 TIFF_COMPRESSIONS = {1, 8, 32946, 32773}  # none, Deflate, Adobe Deflate, PackBits: decoded without imagecodecs
 TIFF_SAMPLES = {1: 1, 2: 3}  # photometric MinIsBlack: 1 sample per pixel, RGB: 3

@@ -569,7 +569,7 @@ def imported_by_process(input_dir: Path, model_dir: Path, output_dir: Path) -> s
 
 @pytest.mark.parametrize("name", ["stack.tiff", "stack.mha"])
 def test_process_imports_nothing_heavy(make_case, fake_model_dir, tmp_path, name):
-    """A stack as the platform hands it over is read without SimpleITK, whose import is the slowest."""
+    """A stack as the platform hands it over is read without SimpleITK, the slowest import after numpy."""
     modules = imported_by_process(make_case(brightness_pages([100]), name=name), fake_model_dir, tmp_path / "output")
     assert {"numpy", "onnxruntime"} <= modules  # the probe does see what process.py imports
     assert "SimpleITK" not in modules
