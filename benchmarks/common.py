@@ -118,11 +118,10 @@ def amibr_patches(count: int | None = None) -> np.ndarray:
 
 
 def sample_stack_pixels() -> np.ndarray:
-    """The project's sample stack (test/input), (16, 128, 128, 3) uint8, as SimpleITK reads it."""
-    import SimpleITK as sitk
+    """The project's sample stack (test/input), (16, 128, 128, 3) uint8, read as process.py reads it."""
+    from inference.images import read_stack
 
-    image = next((ROOT / "test" / "input" / "images").rglob("*.tif*"))
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(image)))
+    return read_stack(path=next((ROOT / "test" / "input" / "images").rglob("*.tif*")))
 
 
 def shipped_onnx() -> Path:

@@ -26,9 +26,10 @@ TIFF_INTEGER_FORMATS = {1: "B", 3: "H", 4: "I", 13: "I", 16: "Q", 18: "Q"}
 NEW_SUBFILE_TYPE, IMAGE_WIDTH, IMAGE_LENGTH = 254, 256, 257
 STRIP_OFFSETS, STRIP_BYTE_COUNTS, TILE_OFFSETS, TILE_BYTE_COUNTS = 273, 279, 324, 325
 REDUCED_RESOLUTION = 1  # NewSubfileType bit: a pyramid level or thumbnail, not a page
-METAIMAGE_ELEMENT_SIZES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
-                           "MET_UINT": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
-                           "MET_DOUBLE": 8}
+# MetaIO's scalar element types as struct (and numpy) type codes: calcsize gives the bytes per value
+METAIMAGE_ELEMENT_CODES = {"MET_CHAR": "b", "MET_UCHAR": "B", "MET_SHORT": "h", "MET_USHORT": "H", "MET_INT": "i",
+                           "MET_UINT": "I", "MET_LONG_LONG": "q", "MET_ULONG_LONG": "Q", "MET_FLOAT": "f",
+                           "MET_DOUBLE": "d"}
 METAIMAGE_HEADER_LIMIT = 1 << 16  # bytes of text before the pixel data, at most
 # Pixels a file may decode to: a 20,000 x 20,000 RGB region is 1.2 GB; past this, a file that
 # claims a vast image (a few KB of compressed zeros can) would exhaust the container's memory.
@@ -243,9 +244,9 @@ def metaimage_pages(data: bytes) -> int:
     if not dimensions or len(dimensions) != int(fields.get("NDims", len(dimensions))):
         raise DamagedImage(f"MetaImage header: DimSize {fields.get('DimSize')!r} does not match NDims "
                            f"{fields.get('NDims')!r}")
-    element_size = METAIMAGE_ELEMENT_SIZES.get(fields.get("ElementType", ""))
-    if element_size is not None:
-        expected = channels * element_size
+    code = METAIMAGE_ELEMENT_CODES.get(fields.get("ElementType", ""))
+    if code is not None:
+        expected = channels * struct.calcsize("<" + code)
         for size in dimensions:
             expected *= size
         check_decoded_size(expected, f"MetaImage of {' x '.join(map(str, dimensions))} x {channels} channels")

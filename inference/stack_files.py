@@ -29,9 +29,6 @@ from inference.errors import log, one_line
 if TYPE_CHECKING:
     import tifffile
 
-METAIMAGE_DTYPES = {"MET_CHAR": "i1", "MET_UCHAR": "u1", "MET_SHORT": "i2", "MET_USHORT": "u2", "MET_INT": "i4",
-                    "MET_UINT": "u4", "MET_LONG_LONG": "i8", "MET_ULONG_LONG": "u8", "MET_FLOAT": "f4",
-                    "MET_DOUBLE": "f8"}
 # TIFF 6.0 codes, as tifffile's enums hold them (tifffile is imported only when a TIFF comes)
 TIFF_COMPRESSIONS = {1, 8, 32946, 32773}  # none, Deflate, Adobe Deflate, PackBits: decoded without imagecodecs
 TIFF_SAMPLES = {1: 1, 2: 3}  # photometric MinIsBlack: 1 sample per pixel, RGB: 3
@@ -52,8 +49,8 @@ def read_pages(path: Path) -> np.ndarray | None:
 def metaimage_pixels(data: bytes) -> np.ndarray | None:
     """(N, H, W, C) pixels of a 2-D or 3-D MetaImage holding its own binary data, or None for other layouts."""
     fields, start = image_checks.metaimage_header(data)
-    dtype = METAIMAGE_DTYPES.get(fields.get("ElementType", ""))
-    if (dtype is None or fields.get("ElementDataFile") != "LOCAL" or "HeaderSize" in fields
+    code = image_checks.METAIMAGE_ELEMENT_CODES.get(fields.get("ElementType", ""))
+    if (code is None or fields.get("ElementDataFile") != "LOCAL" or "HeaderSize" in fields
             or fields.get("ObjectType", "Image") != "Image" or fields.get("BinaryData", "True").lower() != "true"):
         return None
     sizes = [int(value) for value in fields["DimSize"].split()]  # x, y[, z]: image_checks has read them
@@ -65,8 +62,9 @@ def metaimage_pixels(data: bytes) -> np.ndarray | None:
         pixels = inflated(pixels)
     channels = int(fields.get("ElementNumberOfChannels", "1"))
     width, height, pages = sizes[0], sizes[1], sizes[2] if len(sizes) == 3 else 1
-    array = np.frombuffer(pixels, np.dtype(dtype).newbyteorder(">" if big_endian else "<"))
-    return array.reshape(pages, height, width, channels).astype(dtype)  # a native-order copy, off the file's map
+    stored = np.dtype((">" if big_endian else "<") + code)
+    array = np.frombuffer(pixels, stored).reshape(pages, height, width, channels)
+    return array.astype(stored.newbyteorder("="))  # a native-order copy, off the file's map
 
 
 def inflated(stream: memoryview) -> bytes:
