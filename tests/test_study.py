@@ -84,3 +84,16 @@ def test_a_study_trains_both_configs_on_one_split_and_reports(tmp_path):
     stamp = (out / "fast" / "fold_0" / "model.safetensors").stat().st_mtime_ns
     assert training_cli(arguments) == 0  # a rerun resumes: nothing is trained again
     assert (out / "fast" / "fold_0" / "model.safetensors").stat().st_mtime_ns == stamp
+
+    # a config added later on fewer folds (--folds) is paired with the others on the folds they share
+    third = tmp_path / "third.yaml"
+    third.write_text(yaml.safe_dump({**base, "name": "third"}))
+    assert training_cli(["study", "--configs", paths[0], str(third), "--out", str(out), "--folds", "1", "--quiet"]) == 0
+    results = json.loads((out / "study.json").read_text())
+    assert results["coverage"]["folds_trained"] == ["1"]
+    assert results["coverage"]["folds_trained_per_config"] == {"slow": ["0", "1"], "third": ["1"]}
+    assert results["coverage"]["n"] == 24 and len(results["differences"]["third"]["roc_auc"]["per_fold"]) == 1
+    assert list(results["runs"]["slow"]["per_fold"]) == ["0", "1"]  # each run summarised on all its folds
+    markdown = (out / "study.md").read_text()
+    assert "Not every config trained every fold (`slow`: folds 0, 1)" in markdown
+    assert "| third | roc auc | - | " in markdown

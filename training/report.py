@@ -85,19 +85,19 @@ def _interval(pair) -> str:
 
 def study_markdown(results: dict, leave_out: str | None) -> str:
     """The study's report as Markdown."""
-    names = list(results["runs"])
-    folds = list(results["runs"][names[0]]["per_fold"])
+    folds = sorted({f for run in results["runs"].values() for f in run["per_fold"]}, key=int)
     coverage = results["coverage"]
     trained = ("all " if len(coverage["folds_trained"]) == coverage["n_folds"] else "only folds "
                + ", ".join(coverage["folds_trained"]) + " of the ") + f"{coverage['n_folds']} folds"
-    lines = ["# Study", "", f"Baseline: `{results['baseline']}`. Every config trained on the same slide-grouped "
+    lines = ["# Study", "", f"Baseline: `{results['baseline']}`. Every config is compared on the same slide-grouped "
              f"folds ({trained}; out-of-fold n = {coverage['n']} patches, {coverage['n_atypical']} atypical); "
-             "balanced accuracy per fold uses a threshold chosen on the other trained folds.", "",
-             "## Per fold", "", "| config | metric | " + " | ".join(f"fold {f}" for f in folds) + " | mean +- sd |",
-             "|---|---|" + "---|" * (len(folds) + 1)]
+             "balanced accuracy per fold uses a threshold chosen on the other trained folds.", ""]
+    lines += _uneven_coverage_lines(coverage)
+    lines += ["## Per fold", "", "| config | metric | " + " | ".join(f"fold {f}" for f in folds) + " | mean +- sd |",
+              "|---|---|" + "---|" * (len(folds) + 1)]
     for name, run in results["runs"].items():
         for metric in ("roc_auc", "balanced_accuracy"):
-            values = " | ".join(_fmt(run["per_fold"][f][metric]) for f in folds)
+            values = " | ".join(_fmt(run["per_fold"][f][metric]) if f in run["per_fold"] else "-" for f in folds)
             lines.append(f"| {name} | {metric.replace('_', ' ')} | {values} | "
                          f"{_fmt(run[metric]['mean'])} +- {_fmt(run[metric]['sd'])} |")
     if results["differences"]:
@@ -120,6 +120,17 @@ def study_markdown(results: dict, leave_out: str | None) -> str:
     lines += ["", "![per fold](study_folds.png)"] + (["", "![differences](study_differences.png)"]
                                                      if results["differences"] else [])
     return "\n".join(lines) + "\n"
+
+
+def _uneven_coverage_lines(coverage: dict) -> list[str]:
+    """A note when some configs trained more folds than the ones they are paired on."""
+    per_config = coverage.get("folds_trained_per_config", {})
+    more = {name: folds for name, folds in per_config.items() if folds != coverage["folds_trained"]}
+    if not more:
+        return []
+    listed = "; ".join(f"`{name}`: folds {', '.join(folds)}" for name, folds in more.items())
+    return [f"Not every config trained every fold ({listed}). The paired differences use only the folds all "
+            "of them trained; each config's per-fold rows, means and selection score use all of its own folds.", ""]
 
 
 def _selection_lines(results: dict) -> list[str]:

@@ -86,19 +86,43 @@ def run_study(configs: list[ExperimentConfig], study_dir: Path, *, leave_out: st
     return write_study_report(study_dir, names, leave_out)
 
 
+def on_folds(table: dict, folds: list[str]) -> dict:
+    """The rows of an out-of-fold table whose fold is one of `folds`."""
+    keep = np.isin(table["folds"], folds)
+    return {"ids": [i for i, k in zip(table["ids"], keep) if k], "labels": table["labels"][keep],
+            "probabilities": table["probabilities"][keep], "folds": table["folds"][keep]}
+
+
+def common_folds(tables: dict[str, dict]) -> list[str]:
+    """The folds every run trained: the only ones on which configs can be paired."""
+    shared = set.intersection(*(set(t["folds"].tolist()) for t in tables.values()))
+    if not shared:
+        trained = {name: sorted(set(t["folds"].tolist()), key=int) for name, t in tables.items()}
+        raise ValueError(f"the runs share no trained fold, so they cannot be compared: {trained}")
+    return sorted(shared, key=int)
+
+
 def study_results(study_dir: Path, names: list[str], leave_out: str | None) -> dict:
-    """Summaries of every run and the paired comparisons of each config against the first."""
+    """Summaries of every run and the paired comparisons of each config against the first.
+
+    Each run is summarised on all the folds it trained; the paired differences use only the folds
+    every config trained (a study rerun with --folds may leave some configs with fewer), and there
+    balanced accuracy's thresholds come from the other shared folds.
+    """
     study_dir = Path(study_dir)
     results = {"baseline": names[0], "runs": {}, "differences": {}, "leave_one_out": {}}
     tables = {name: oof_table(study_dir / name) for name in names}
-    baseline = tables[names[0]]
+    shared = common_folds(tables)
+    paired = {name: on_folds(table, shared) for name, table in tables.items()}
     results["coverage"] = {"n_folds": json.loads((study_dir / "split.json").read_text())["n_folds"],
-                           "folds_trained": sorted(set(baseline["folds"].tolist()), key=int),
-                           "n": len(baseline["ids"]), "n_atypical": int(baseline["labels"].sum())}
+                           "folds_trained": shared,
+                           "folds_trained_per_config": {name: sorted(set(t["folds"].tolist()), key=int)
+                                                        for name, t in tables.items()},
+                           "n": len(paired[names[0]]["ids"]), "n_atypical": int(paired[names[0]]["labels"].sum())}
     for name in names:
         results["runs"][name] = summarise_run(study_dir / name)
     for name in names[1:]:
-        results["differences"][name] = compare(tables[names[0]], tables[name])
+        results["differences"][name] = compare(paired[names[0]], paired[name])
     if leave_out:
         lodo_dir = study_dir / f"lodo_{leave_out}"
         split = json.loads((lodo_dir / "split.json").read_text())
