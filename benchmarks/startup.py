@@ -75,6 +75,26 @@ BASELINE_FILES = ("process.py", "crops.py", "image_checks.py", *(f"inference/{pa
                                                                  sorted((ROOT / "inference").glob("*.py"))))
 
 
+def phase_rows(runs: list[dict], interpreter: list[float], imports: list[float]) -> list[list[str]]:
+    """One row per phase of the shipped model's runs: median, min and max in ms."""
+    columns = {key: [run[key] for run in runs if key in run] for key, _ in PHASES}
+    columns.update(interpreter=interpreter, imports=imports)
+    return [[what, ms(median(columns[key])), ms(min(columns[key])), ms(max(columns[key]))]
+            for key, what in PHASES if columns[key]]
+
+
+def candidate_rows(runs: list[dict], name: str) -> list[list[str]]:
+    """The phases a candidate model changes (load, inference, total), from its interleaved runs."""
+    rows = []
+    for key, what in PHASES:
+        values = [run[key] for run in runs if key in run]
+        if values and key in ("load", "infer", "total"):
+            rows.append([f"candidate {name}: {what.strip('*')}" + (" (the same runs, interleaved)" if key == "total"
+                                                                   else ""), ms(median(values)), ms(min(values)),
+                         ms(max(values))])
+    return rows
+
+
 def baseline_folder(revision: str, into: Path) -> Path:
     """process.py and the modules beside it at a git revision, in a folder of their own (the model is passed in)."""
     for name in BASELINE_FILES:
@@ -145,19 +165,16 @@ def main(argv=None) -> int:
                                             timings=False))
             interpreter.append(interpreter_seconds(args.python))
             imports.append(import_seconds(args.python))
-    columns = {key: [run[key] for run in runs if key in run] for key, _ in PHASES}
-    columns.update(interpreter=interpreter, imports=imports)
-    rows = [[what, ms(median(columns[key])), ms(min(columns[key])), ms(max(columns[key]))]
-            for key, what in PHASES if columns[key]]
-    for key, what in PHASES if candidate_runs else ():
-        values = [run[key] for run in candidate_runs if key in run]
-        if values and key in ("load", "infer", "total"):
-            rows.append([f"candidate {args.candidate.name}: {what.strip('*')}" + (" (the same runs, interleaved)"
-                         if key == "total" else ""), ms(median(values)), ms(min(values)), ms(max(values))])
+    rows = phase_rows(runs, interpreter, imports)
+    arms = {"process.py": runs}
+    if candidate_runs:
+        rows += candidate_rows(candidate_runs, args.candidate.name)
+        arms[f"candidate {args.candidate.name}"] = candidate_runs
     if old_runs:
         old = [run["total"] for run in old_runs]
         rows.append([f"**total, process.py of {args.baseline}** (the same runs, interleaved)",
                      ms(median(old)), ms(min(old)), ms(max(old))])
+        arms[f"process.py of {args.baseline}"] = old_runs
     case = args.input.resolve().relative_to(ROOT) if args.input.resolve().is_relative_to(ROOT) else args.input
     title = f"process.py per stack, cold ({args.runs} fresh processes, case {case})"
     if args.candidate:
@@ -168,9 +185,9 @@ def main(argv=None) -> int:
            notes=["Phases inside main() are process.py's own `--timings`; the rest of main() (arguments, "
                   "inputs.json, log lines) is not listed. Each phase's median is over its own runs, so the "
                   "medians need not add up to the total's.",
-                  f"Peak resident memory of process.py (os.wait4's ru_maxrss): median "
-                  f"{median([run['peak_mb'] for run in runs]):.0f} MB, max {max(run['peak_mb'] for run in runs):.0f} "
-                  "MB."])
+                  "Peak resident memory (os.wait4's ru_maxrss), median (max) over the same runs: "
+                  + "; ".join(f"{arm} {median([r['peak_mb'] for r in arm_runs]):.0f} MB "
+                              f"({max(r['peak_mb'] for r in arm_runs):.0f})" for arm, arm_runs in arms.items()) + "."])
     return 0
 
 
