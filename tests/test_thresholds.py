@@ -114,3 +114,18 @@ def test_the_prevalence_rule_needs_calibrated_probabilities(transfer, tmp_path, 
     assert training_cli(["export", str(out / "holdout_0" / "run"), "--out", str(tmp_path / "m"),
                          "--threshold-rule", "prevalence", "--no-calibration"]) == 1
     assert "calibrated" in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
+def test_a_rerun_reuses_the_exports_of_unchanged_checkpoints_only(transfer):
+    config_path, out = transfer
+    graphs = {view: out / "holdout_0" / f"model_{view}" / f"holdout_0_{view}.onnx" for view in ("config", "dihedral")}
+    stamps = {view: graph.stat().st_mtime_ns for view, graph in graphs.items()}
+    before = json.loads((out / "transfer.json").read_text())
+    assert training_cli(["threshold-transfer", "--config", str(config_path), "--out", str(out), "--quiet"]) == 0
+    assert {view: graph.stat().st_mtime_ns for view, graph in graphs.items()} == stamps  # nothing exported again
+    assert json.loads((out / "transfer.json").read_text())["groups"] == before["groups"]
+    graphs["dihedral"].write_bytes(graphs["dihedral"].read_bytes()[:-1])  # a damaged graph is exported again
+    assert training_cli(["threshold-transfer", "--config", str(config_path), "--out", str(out), "--quiet"]) == 0
+    assert graphs["config"].stat().st_mtime_ns == stamps["config"]
+    assert graphs["dihedral"].stat().st_mtime_ns != stamps["dihedral"]
+    assert json.loads((out / "transfer.json").read_text())["groups"] == before["groups"]
