@@ -142,6 +142,8 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline", metavar="REV", help="also time process.py at this git revision, interleaved")
     parser.add_argument("--candidate", type=Path, metavar="MODEL_DIR",
                         help="also time this model folder (an export), interleaved with --model")
+    parser.add_argument("--table", metavar="NAME", help="write benchmarks/results/NAME.md (default: startup, or "
+                        "startup_candidate with --candidate), so that a new comparison keeps the tables docs cite")
     quiet.add_arguments(parser)
     args = parser.parse_args(argv)
     args.input = (args.input or sample_case(args.baseline)).resolve()  # the runs' working folder is the script's
@@ -179,7 +181,7 @@ def main(argv=None) -> int:
     title = f"process.py per stack, cold ({args.runs} fresh processes, case {case})"
     if args.candidate:
         title += f"; model {display_path(args.model)} against candidate {display_path(args.candidate)}"
-    report("startup_candidate" if args.candidate else "startup", title,
+    report(args.table or ("startup_candidate" if args.candidate else "startup"), title,
            ["phase", "median ms", "min ms", "max ms"], rows, state=state,
            packages=("onnxruntime", "numpy", "tifffile"),
            notes=["Phases inside main() are process.py's own `--timings`; the rest of main() (arguments, "
