@@ -86,12 +86,12 @@ def phase_rows(runs: list[dict], interpreter: list[float], imports: list[float])
 def candidate_rows(runs: list[dict], name: str) -> list[list[str]]:
     """The phases a candidate model changes (load, inference, total), from its interleaved runs."""
     rows = []
-    for key, what in PHASES:
+    for key in ("load", "infer", "total"):
         values = [run[key] for run in runs if key in run]
-        if values and key in ("load", "infer", "total"):
-            rows.append([f"candidate {name}: {what.strip('*')}" + (" (the same runs, interleaved)" if key == "total"
-                                                                   else ""), ms(median(values)), ms(min(values)),
-                         ms(max(values))])
+        label = f"candidate {name}: {dict(PHASES)[key].strip('*')}"
+        if values:
+            rows.append([label + (" (the same runs, interleaved)" if key == "total" else ""),
+                         ms(median(values)), ms(min(values)), ms(max(values))])
     return rows
 
 

@@ -14,7 +14,7 @@ patches (patches of one slide are correlated, so these intervals are on the narr
 Layout: <out>/outer_split.json, <out>/holdout_<k>/run/ (the inner run folder),
 <out>/holdout_<k>/model_<views>/ (exported), <out>/holdout_<k>/held_out_<views>.csv,
 <out>/transfer.json, transfer.md, transfer.png. Resumes: finished inner folds are not retrained, and an export
-of the very same checkpoints (hashes in its model.json, graph intact) is not made again.
+of the very same checkpoints that the container's loader accepts is not made again.
 """
 
 import csv
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.model import load_model, predict, sha256_of
+from inference.errors import InputError
+from inference.model import Model, load_model, predict, read_model_spec, sha256_of
 from training.config import ExperimentConfig
 from training.crossval import fold_dirs, run_crossval
 from training.data import config_samples, labels_of, load_images
@@ -62,17 +63,21 @@ def _write_predictions(path: Path, samples, labels, probabilities) -> None:
             writer.writerow([sample.sample_id, sample.slide, int(label), f"{probability:.6f}"])
 
 
-def _exported(fold_folders, model_dir: Path, *, name: str, views) -> dict:
-    """export_model's model.json, reusing a finished export of these very checkpoints (a resumed run)."""
-    spec_path = Path(model_dir) / "model.json"
-    if spec_path.is_file():
-        spec = json.loads(spec_path.read_text())
-        graph = Path(model_dir) / spec["onnx"]
-        if (spec["name"] == name and graph.is_file() and sha256_of(graph) == spec["onnx_sha256"]
-                and [m["checkpoint_sha256"] for m in spec["members"]]
-                == [sha256_of(Path(folder) / "model.safetensors") for folder in fold_folders]):
-            return spec
-    return export_model(fold_folders, model_dir, name=name, views=views)
+def _exported(fold_folders, model_dir: Path, *, name: str, views) -> tuple[dict, Model]:
+    """The export of `fold_folders` and the container's model on it.
+
+    A finished export of these very checkpoints (a resumed run) is reused when the container's own
+    loader accepts it (model.json, graph and weight digests); otherwise it is exported (again).
+    """
+    checkpoints = [sha256_of(Path(folder) / "model.safetensors") for folder in fold_folders]
+    try:
+        spec = read_model_spec(Path(model_dir) / "model.json")
+        if spec.get("name") == name and [m.get("checkpoint_sha256") for m in spec.get("members", [])] == checkpoints:
+            return spec, load_model(model_dir=Path(model_dir))
+    except InputError:
+        pass  # no export yet, or a damaged one
+    spec = export_model(fold_folders, model_dir, name=name, views=views)
+    return spec, load_model(model_dir=Path(model_dir))
 
 
 def transfer_one(config: ExperimentConfig, samples, outer: dict, holdout: int, out_dir: Path,
@@ -94,8 +99,8 @@ def transfer_one(config: ExperimentConfig, samples, outer: dict, holdout: int, o
     panels = []
     for view_name, views in VIEW_SETS.items():
         model_dir = group_dir / f"model_{view_name}"
-        spec = _exported(fold_dirs(run_dir), model_dir, name=f"holdout_{holdout}_{view_name}", views=views)
-        probabilities = predict(load_model(model_dir=model_dir), patches).astype(np.float64)
+        spec, model = _exported(fold_dirs(run_dir), model_dir, name=f"holdout_{holdout}_{view_name}", views=views)
+        probabilities = predict(model, patches).astype(np.float64)
         _write_predictions(group_dir / f"held_out_{view_name}.csv", held, labels, probabilities)
         best = best_threshold(labels, probabilities)
         rules = {rule: spec["threshold_candidates"][rule] for rule in RULES}
