@@ -13,7 +13,7 @@ from tests.test_data import midog_row, write_midog25
 from training.config import config_from_dict
 from training.data import load_images, read_amibr, read_dataset, read_folder, targets_of
 from training.splits import make_split
-from training.train import soft_label_loss, train_fold
+from training.train import Distributed, _Trainer, focal_loss, soft_label_loss, train_fold
 
 
 def set_third_expert(root, flip_every: int) -> None:
@@ -74,6 +74,17 @@ def test_soft_loss_on_hard_targets_is_the_class_weighted_cross_entropy(smoothing
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("gamma", [1.0, 2.0])
+def test_soft_focal_loss_on_hard_targets_is_the_focal_loss(gamma):
+    logits = torch.randn(32, 2, generator=torch.Generator().manual_seed(1)) * 3
+    labels = torch.arange(32) % 3 == 0
+    class_weight = torch.tensor([0.6, 2.5])
+    expected = focal_loss(logits, labels.long(), class_weight, gamma)
+    got = soft_label_loss(logits, labels.float(), labels.long(), class_weight, gamma=gamma)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert got.item() < soft_label_loss(logits, labels.float(), labels.long(), class_weight).item()
+
+
 def test_soft_loss_is_smallest_where_p_atypical_equals_the_share():
     shares = torch.tensor([1 / 3, 2 / 3])
     losses = {score: soft_label_loss(torch.tensor([[0.0, score], [0.0, score]]), shares, torch.tensor([0, 1])).item()
@@ -100,3 +111,16 @@ def test_a_fold_trains_on_vote_shares_and_reports_majority_metrics(tmp_path):
     with pytest.raises(ValueError, match="takes majority labels only"):
         train_fold(config_from_dict(focal), samples, load_images(samples), split, 0, tmp_path / "focal",
                    show_progress=False)
+
+
+def test_a_soft_label_config_with_focal_loss_trains_on_the_soft_focal_loss():
+    """`labels: soft` with `optim.loss: focal` used to drop the focusing term without a word."""
+    config = config_from_dict({"name": "soft-focal", "backbone": "resnet10t_slim", "labels": "soft",
+                               "optim": {"loss": "focal", "focal_gamma": 2.0}})
+    labels = np.array([0, 0, 0, 1])
+    trainer = _Trainer(config, labels, steps_per_epoch=1, device=torch.device("cpu"), distributed=Distributed())
+    logits = torch.randn(4, 2, generator=torch.Generator().manual_seed(2))
+    targets, majority = torch.tensor([0.0, 1 / 3, 0.0, 2 / 3]), torch.from_numpy(labels)
+    got = trainer.loss(logits, majority, targets).item()
+    assert got == pytest.approx(soft_label_loss(logits, targets, majority, trainer.class_weight, gamma=2.0).item())
+    assert got != pytest.approx(soft_label_loss(logits, targets, majority, trainer.class_weight).item())

@@ -114,17 +114,21 @@ def focal_loss(logits, labels, weight=None, gamma: float = 2.0, label_smoothing:
 
 
 def soft_label_loss(logits, targets, labels, weight=None, label_smoothing: float = 0.0,
-                    sample_weight=None) -> torch.Tensor:
+                    sample_weight=None, gamma: float = 0.0) -> torch.Tensor:
     """Binary cross-entropy of P(atypical) = sigmoid(logit(atypical) - logit(normal)) against a target share.
 
     `weight` (per class) and `label_smoothing` act as in F.cross_entropy, normalised by the weights
     of the majority `labels`, so that for targets 0 and 1 this is exactly the cross-entropy of the
     two logits; `sample_weight` multiplies each sample's term and its share of the normaliser.
+    `gamma` > 0 makes it the binary focal loss: each class's term is scaled by (1 - P(that class))^gamma,
+    which for targets 0 and 1 (no smoothing) is exactly `focal_loss` of the two logits.
     """
     scores = logits[:, 1] - logits[:, 0]  # (N,)
     atypical = targets * (1 - label_smoothing) + label_smoothing / 2
     weight = weight if weight is not None else torch.ones(2, device=logits.device)
-    per_sample = -(weight[0] * (1 - atypical) * F.logsigmoid(-scores) + weight[1] * atypical * F.logsigmoid(scores))
+    log_p, log_q = F.logsigmoid(scores), F.logsigmoid(-scores)  # log P(atypical), log P(normal)
+    focus_atypical, focus_normal = (torch.exp(log_q) ** gamma, torch.exp(log_p) ** gamma) if gamma else (1.0, 1.0)
+    per_sample = -(weight[0] * (1 - atypical) * focus_normal * log_q + weight[1] * atypical * focus_atypical * log_p)
     own = sample_weight if sample_weight is not None else torch.ones_like(per_sample)
     return (per_sample * own).sum() / (weight[labels] * own).sum()
 
@@ -215,12 +219,14 @@ class _Trainer:
         """The configured loss of a batch: `labels` the majority classes, `targets` the P(atypical) to learn,
         `sample_weight` each sample's own weight (domain weighting) or None."""
         optim, logits = self.config.optim, logits.float()
+        if optim.loss not in ("ce", "focal"):
+            raise ValueError(f"optim.loss must be 'ce' or 'focal', got {optim.loss!r}")
         if self.config.labels == "soft":
-            return soft_label_loss(logits, targets, labels, self.class_weight, optim.label_smoothing, sample_weight)
+            gamma = optim.focal_gamma if optim.loss == "focal" else 0.0
+            return soft_label_loss(logits, targets, labels, self.class_weight, optim.label_smoothing,
+                                   sample_weight, gamma)
         if optim.loss == "focal":
             return focal_loss(logits, labels, self.class_weight, optim.focal_gamma, optim.label_smoothing, sample_weight)
-        if optim.loss != "ce":
-            raise ValueError(f"optim.loss must be 'ce' or 'focal', got {optim.loss!r}")
         if sample_weight is None:
             return F.cross_entropy(logits, labels, weight=self.class_weight, label_smoothing=optim.label_smoothing)
         per_sample = F.cross_entropy(logits, labels, reduction="none", label_smoothing=optim.label_smoothing)
