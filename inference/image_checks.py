@@ -252,26 +252,37 @@ def metaimage_pages(data: bytes) -> int:
         check_decoded_size(expected, f"MetaImage of {' x '.join(map(str, dimensions))} x {channels} channels")
         pixel_data = memoryview(data)[start:]
         compressed = fields.get("CompressedData", "False").lower() == "true"
-        found = inflated_size(pixel_data) if compressed else len(pixel_data)
+        found = inflated_size(pixel_data, expected) if compressed else len(pixel_data)
         if found != expected:
-            raise DamagedImage(f"MetaImage pixel data hold {found} bytes{' once inflated' if compressed else ''}, "
+            held = f"more than {expected}" if compressed and found > expected else str(found)
+            raise DamagedImage(f"MetaImage pixel data hold {held} bytes{' once inflated' if compressed else ''}, "
                                f"its header promises {expected}: the file is truncated or damaged")
     return dimensions[2] if len(dimensions) >= 3 else 1
 
 
-def inflated_size(stream: memoryview) -> int:
-    """Bytes that zlib stream(s) inflate to; raises DamagedImage when a stream is damaged or cut short."""
-    total, remaining = 0, stream
+def inflated_chunks(stream: memoryview):
+    """The inflated bytes of zlib stream(s), one bounded chunk at a time (MetaIO writes large data in several
+    streams); raises DamagedImage when a stream is damaged or cut short."""
+    remaining = stream
     while len(remaining):
         inflater = zlib.decompressobj()
         try:
             chunk = inflater.decompress(remaining, INFLATE_CHUNK)
             while chunk:
-                total += len(chunk)
+                yield chunk
                 chunk = inflater.decompress(inflater.unconsumed_tail, INFLATE_CHUNK)
         except zlib.error as error:
             raise DamagedImage(f"MetaImage pixel data cannot be decoded ({error}): the file is damaged") from error
         if not inflater.eof:
             raise DamagedImage("MetaImage pixel data end in the middle of a compressed stream: the file is truncated")
         remaining = inflater.unused_data
+
+
+def inflated_size(stream: memoryview, expected: int) -> int:
+    """Bytes that zlib stream(s) inflate to, counted no further than just past `expected`."""
+    total = 0
+    for chunk in inflated_chunks(stream):
+        total += len(chunk)
+        if total > expected:
+            break
     return total

@@ -17,7 +17,6 @@ readers must give the same pixels; tests/test_stack_files.py holds them to it ov
 here. The file's structure has been checked by image_checks before this runs.
 """
 
-import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,22 +58,12 @@ def metaimage_pixels(data: bytes) -> np.ndarray | None:
     big_endian = any(fields.get(key, "").lower() == "true" for key in ("BinaryDataByteOrderMSB", "ElementByteOrderMSB"))
     pixels = memoryview(data)[start:]
     if fields.get("CompressedData", "False").lower() == "true":
-        pixels = inflated(pixels)
+        pixels = b"".join(image_checks.inflated_chunks(pixels))
     channels = int(fields.get("ElementNumberOfChannels", "1"))
     width, height, pages = sizes[0], sizes[1], sizes[2] if len(sizes) == 3 else 1
     stored = np.dtype((">" if big_endian else "<") + code)
     array = np.frombuffer(pixels, stored).reshape(pages, height, width, channels)
     return array.astype(stored.newbyteorder("="))  # a native-order copy, off the file's map
-
-
-def inflated(stream: memoryview) -> bytes:
-    """The bytes of one or more concatenated zlib streams (MetaIO writes large data in several)."""
-    parts, remaining = [], stream
-    while len(remaining):
-        inflater = zlib.decompressobj()
-        parts.append(inflater.decompress(remaining))
-        remaining = inflater.unused_data
-    return b"".join(parts)
 
 
 def tiff_pages(path: Path) -> np.ndarray | None:

@@ -96,10 +96,21 @@ def point_data_elsewhere(path: Path) -> None:
     path.write_bytes(path.read_bytes().replace(b"ElementDataFile = LOCAL", b"ElementDataFile = ../../x.raw"))
 
 
+def claim_one_page_fewer(path: Path) -> None:
+    """The header's last DimSize (the page count) lowered by one: the pixel data then hold more than it promises."""
+    data = path.read_bytes()
+    start = data.index(b"DimSize = ")
+    end = data.index(b"\n", start)
+    sizes = data[start + len(b"DimSize = "):end].split()
+    sizes[-1] = str(int(sizes[-1]) - 1).encode()
+    path.write_bytes(data[:start] + b"DimSize = " + b" ".join(sizes) + data[end:])
+
+
 MHA_DAMAGE = {
     # name: (compressed?, what to do to a 16-page .mha, what the error line must mention)
     "compressed, cut at 90%": (True, lambda p: cut(p, 0.9), "truncated"),
     "compressed, data overwritten": (True, overwrite_middle, "cannot be decoded"),
+    "compressed, one page more than the header says": (True, claim_one_page_fewer, "hold more than"),
     "uncompressed, cut at 90%": (False, lambda p: cut(p, 0.9), "header promises"),
     "header cut off": (False, lambda p: cut(p, at=60), "without an ElementDataFile line"),
     "pixels in another file": (False, point_data_elsewhere, "pixels lie in another file"),

@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 import tifffile
 
-from inference import images, stack_files
+from inference import image_checks, images, stack_files
 
 SHAPE = (3, 9, 7)  # pages, height, width: no two alike, so that a transposed read cannot pass
 
@@ -91,6 +91,16 @@ def test_metaimage_data_in_several_zlib_streams(tmp_path):
         "DimSize = 7 9 3", "ElementNumberOfChannels = 3", "ElementType = MET_UCHAR"],
         zlib.compress(raw[:half]) + zlib.compress(raw[half:]))
     np.testing.assert_array_equal(stack_files.read_pages(path), pixels(np.uint8, 3))
+
+
+def test_a_cut_compressed_metaimage_is_refused_by_the_reader_itself(tmp_path):
+    """The reader inflates with image_checks' checks, so it never reshapes a half-inflated stream."""
+    fields = ["ObjectType = Image", "NDims = 3", "BinaryData = True", "CompressedData = True",
+              "DimSize = 7 9 3", "ElementNumberOfChannels = 3", "ElementType = MET_UCHAR"]
+    stream = zlib.compress(pixels(np.uint8, 3).tobytes())
+    path = hand_written_metaimage(tmp_path / "cut.mha", fields, stream[:len(stream) // 2])
+    with pytest.raises(image_checks.DamagedImage, match="truncated"):
+        stack_files.read_pages(path)
 
 
 def test_metaimage_layouts_left_to_simpleitk(tmp_path):
