@@ -107,14 +107,14 @@ def test_a_fold_trains_on_vote_shares_and_reports_majority_metrics(tmp_path):
     labels = [int(row.split(",")[2]) for row in (tmp_path / "fold" / "oof_predictions.csv").read_text().splitlines()[1:]]
     assert set(labels) <= {0, 1}  # scored against the majority label, never the share
     assert json.loads(json.dumps(summary))["n_train"] > 0
-    focal = {**values, "optim": {**values["optim"], "loss": "focal"}}
-    with pytest.raises(ValueError, match="takes majority labels only"):
-        train_fold(config_from_dict(focal), samples, load_images(samples), split, 0, tmp_path / "focal",
-                   show_progress=False)
+    focal = {**values, "optim": {**values["optim"], "loss": "focal"}}  # the binary focal loss of the shares
+    summary = train_fold(config_from_dict(focal), samples, load_images(samples), split, 0, tmp_path / "focal",
+                         show_progress=False)
+    assert np.isfinite(summary["val_metrics_at_0_5"]["roc_auc"])
 
 
 def test_a_soft_label_config_with_focal_loss_trains_on_the_soft_focal_loss():
-    """`labels: soft` with `optim.loss: focal` used to drop the focusing term without a word."""
+    """`labels: soft` with `optim.loss: focal`: the vote shares' binary focal loss, not their cross-entropy."""
     config = config_from_dict({"name": "soft-focal", "backbone": "resnet10t_slim", "labels": "soft",
                                "optim": {"loss": "focal", "focal_gamma": 2.0}})
     labels = np.array([0, 0, 0, 1])

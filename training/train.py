@@ -456,9 +456,6 @@ def train_fold(config: ExperimentConfig, samples: list[Sample], images: np.ndarr
     fold_seed = config.optim.seed * 1000 + (999 if fold == "all" else int(fold))
     generator = torch.Generator().manual_seed(fold_seed * 1000 + distributed.rank)  # augmentation, per process
     train_index, val_index = fold_indices(split, samples, fold)
-    if config.labels == "soft" and config.optim.loss != "ce":
-        raise ValueError(f"labels: soft trains with a binary cross-entropy; optim.loss {config.optim.loss!r} "
-                         "takes majority labels only")
     weights = domain_weights(samples, train_index, config.optim.domain_key, config.optim.domain_weighting)
     data = _FoldData(torch.from_numpy(images), torch.from_numpy(labels_of(samples)),
                      torch.from_numpy(targets_of(samples, config.labels)),
