@@ -49,7 +49,7 @@ def test_t_interval_matches_the_textbook_formula():
     assert high - low == pytest.approx(2 * 2.7764451 * np.std([0.01, 0.03, -0.01, 0.02, 0.00], ddof=1) / np.sqrt(5), rel=1e-4)
 
 
-def test_a_study_trains_both_configs_on_one_split_and_reports(tmp_path):
+def test_a_study_trains_both_configs_on_one_split_and_reports(tmp_path, capsys):
     data = write_amibr(tmp_path / "amibr", n_slides=6, per_slide=8)
     base = {"backbone": "resnet10t_slim", "input_crop": 64, "data": {"kind": "amibr", "root": str(data)},
             "split": {"n_folds": 2}, "optim": {"epochs": 1, "batch_size": 8, "warmup_epochs": 0, "threads": 2}}
@@ -83,6 +83,16 @@ def test_a_study_trains_both_configs_on_one_split_and_reports(tmp_path):
 
     stamp = (out / "fast" / "fold_0" / "model.safetensors").stat().st_mtime_ns
     assert training_cli(arguments) == 0  # a rerun resumes: nothing is trained again
+    assert (out / "fast" / "fold_0" / "model.safetensors").stat().st_mtime_ns == stamp
+    moved = tmp_path / "elsewhere"  # another machine's data path trains the same recipe: still resumed
+    data.rename(moved)
+    assert training_cli([*arguments, "--data-root", str(moved)]) == 0
+    assert (out / "fast" / "fold_0" / "model.safetensors").stat().st_mtime_ns == stamp
+    moved.rename(data)
+    # another recipe must not reuse these folds as its own
+    assert training_cli([*arguments, "--seed", "1"]) == 1
+    assert "optim.seed: 0 -> 1" in capsys.readouterr().err
+    assert yaml.safe_load((out / "slow" / "config.yaml").read_text())["optim"]["seed"] == 0  # nothing rewritten
     assert (out / "fast" / "fold_0" / "model.safetensors").stat().st_mtime_ns == stamp
 
     # a config added later on fewer folds (--folds) is paired with the others on the folds they share

@@ -119,8 +119,8 @@ def study_entry(args) -> int:
     from training.config import load_config, with_overrides
     from training.study import run_study
 
-    configs = [with_overrides(load_config(name), {"data.root": args.data_root, "optim.epochs": args.epochs})
-               for name in args.configs]
+    overrides = {"data.root": args.data_root, "optim.epochs": args.epochs, "optim.seed": args.seed}
+    configs = [with_overrides(load_config(name), overrides) for name in args.configs]
     results = run_study(configs, args.out, leave_out=args.leave_out, folds=args.folds,
                         prepare_synthetic=_synthetic_preparer(args), show_progress=not args.quiet)
     for name, difference in results["differences"].items():
@@ -310,6 +310,9 @@ def _add_study_command(commands) -> None:
     study.add_argument("--leave-out", help="also run leave-one-domain-out folds over this domain key (e.g. dataset, tumor)")
     study.add_argument("--folds", nargs="+", type=int, help="train only these folds of the k-fold split (default: all)")
     study.add_argument("--epochs", type=int, help="override every config's optim.epochs (for quick looks)")
+    study.add_argument("--seed", type=int,
+                       help="override every config's optim.seed (initial weights, augmentation, batch order; the "
+                            "split stays the config's): reruns into another --out measure run-to-run spread")
     study.add_argument("--synth-config", default="synth_cpu",
                        help="generator config for synthetic configs (default: synth_cpu)")
     study.add_argument("--quiet", action="store_true", help="no progress bars")

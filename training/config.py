@@ -140,6 +140,29 @@ def with_overrides(config, overrides: dict):
     return config
 
 
+# Fields that say where or how a run executes, not what it trains: a finished or interrupted fold may
+# be reused under other values (another machine's data path, thread count or device; a generator folder
+# whose own provenance is checked where its images are read)
+RUN_LOCAL_FIELDS = ("data.root", "optim.threads", "optim.device", "optim.tensorboard", "synthetic.dir")
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key not in ("backbone_kwargs",):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def recipe_differences(recorded: "ExperimentConfig", current: "ExperimentConfig") -> list[str]:
+    """The fields (dotted) in which two configs train differently, as 'field: recorded -> current'."""
+    old, new = _flat(dataclasses.asdict(recorded)), _flat(dataclasses.asdict(current))
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
+            if key not in RUN_LOCAL_FIELDS and old.get(key) != new.get(key)]
+
+
 def config_from_dict(values: dict, where: str = "config") -> ExperimentConfig:
     """An ExperimentConfig from plain data (as read from YAML)."""
     return build_dataclass(ExperimentConfig, values, where)

@@ -14,9 +14,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import yaml
 from scipy.special import expit
 
-from training.config import ExperimentConfig, save_config
+from training.config import ExperimentConfig, config_from_dict, recipe_differences, save_config
 from training.data import config_samples, labels_of, load_images, read_manifest
 from training.metrics import best_threshold, binary_metrics, cross_validated_threshold_metrics
 from training.report import write_report
@@ -78,6 +79,17 @@ def check_finished_fold(fold_dir: Path, split: dict, fold) -> None:
                          "differ); its predictions cannot be pooled with this split's folds")
 
 
+def check_same_recipe(fold_dir: Path, config: ExperimentConfig) -> None:
+    """A finished fold is reused only for the config it was trained with (RUN_LOCAL_FIELDS aside)."""
+    path = Path(fold_dir) / "config.yaml"
+    if not path.is_file():
+        return  # written by every fold since configs were saved; nothing to compare against
+    differences = recipe_differences(config_from_dict(yaml.safe_load(path.read_text()) or {}, str(path)), config)
+    if differences:
+        raise ValueError(f"{fold_dir} was finished with another config ({'; '.join(differences)}); its predictions "
+                         "would be pooled as this config's. Train into another folder (--out) or delete the fold")
+
+
 def synthetic_for_fold(config: ExperimentConfig, samples, split: dict, fold) -> list:
     """The synthetic atypical samples fold `fold` trains with: `ratio` x its class gap, from its own generator."""
     if not config.synthetic.dir:
@@ -108,11 +120,19 @@ def synthetic_for_fold(config: ExperimentConfig, samples, split: dict, fold) -> 
     return chosen
 
 
-def _train_folds(config, samples, images, split, run_dir, folds, show_progress) -> None:
-    for fold in folds if folds is not None else range(split["n_folds"]):
+def _check_finished_folds(config, split, run_dir, folds) -> None:
+    """Every finished fold of `folds` was trained on this split with this config, or nothing is written."""
+    for fold in folds:
         fold_dir = run_dir / f"fold_{fold}"
         if (fold_dir / "summary.json").is_file():
             check_finished_fold(fold_dir, split, fold)
+            check_same_recipe(fold_dir, config)
+
+
+def _train_folds(config, samples, images, split, run_dir, folds, show_progress) -> None:
+    for fold in folds:
+        fold_dir = run_dir / f"fold_{fold}"
+        if (fold_dir / "summary.json").is_file():
             print(f"fold {fold}: finished earlier, skipped ({fold_dir})")
             continue
         synthetic = synthetic_for_fold(config, samples, split, fold) if fold != "all" else []
@@ -126,10 +146,12 @@ def run_crossval(config: ExperimentConfig, run_dir: Path, *, folds=None, split_p
     """Train every fold (or the ones listed) not yet finished, then pool the results (None off rank 0)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if _is_main_process():
-        save_config(config, run_dir / "config.yaml")
     samples = config_samples(config.data)
     split = prepare_split(config, samples, run_dir, split_path)
+    folds = list(folds) if folds is not None else list(range(split["n_folds"]))
+    _check_finished_folds(config, split, run_dir, folds)
+    if _is_main_process():
+        save_config(config, run_dir / "config.yaml")
     images = load_images(samples, progress=show_progress, spacing_um=config.data.slides_spacing_um)
     _train_folds(config, samples, images, split, run_dir, folds, show_progress)
     return pool_results(run_dir, samples) if _is_main_process() else None
