@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from training.augment import augment_batch, mix_pairs
 from training.checkpoints import clear_resume, load_resume, save_resume, write_metrics_csv
-from training.config import ExperimentConfig, config_from_dict, save_config
+from training.config import ExperimentConfig, config_from_dict, recipe_differences, save_config
 from training.data import Sample, labels_of, targets_of
 from training.ensemble import Preprocess, view_scores
 from training.metrics import binary_metrics
@@ -429,8 +429,9 @@ def _save_resume(out_dir, trainer, generator, history, best, split_sha256: str) 
 def _load_resume(out_dir: Path, trainer, generator, config, split_sha256: str) -> dict:
     """The saved state of an interrupted run of this fold, restored into trainer and generator; {} if none."""
     state = load_resume(out_dir, device=trainer.device, checks={
-        # compared as resolved configs: a field added later with a default that keeps the old behaviour fits
-        "config": (lambda text: config_from_dict(yaml.safe_load(text)) == config,
+        # compared as resolved configs: a field added later with a default that keeps the old behaviour fits;
+        # where the run executes (data path, threads, device) may change
+        "config": (lambda text: not recipe_differences(config_from_dict(yaml.safe_load(text)), config),
                    "left by a run with another config; delete it to start this fold afresh"),
         "split_sha256": (split_sha256, "left by a run on another split; resuming would train on other slides. "
                                        "Resume with the split it began with, or delete it to start this fold afresh"),
