@@ -141,22 +141,21 @@ def with_overrides(config, overrides: dict):
 
 
 # Fields that say where or how a run executes, not what it trains: a finished or interrupted fold may
-# be reused under other values (another machine's data path, thread count or device; a generator folder
-# whose own provenance is checked where its images are read)
-RUN_LOCAL_FIELDS = ("data.root", "optim.threads", "optim.device", "optim.tensorboard", "synthetic.dir")
+# be reused under other values (another machine's path to the same data, thread count or device)
+RUN_LOCAL_FIELDS = ("data.root", "optim.threads", "optim.device", "optim.tensorboard")
 
 
 def _flat(values: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in values.items():
-        if isinstance(value, dict) and key not in ("backbone_kwargs",):
+        if isinstance(value, dict):
             flat.update(_flat(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
 
 
-def recipe_differences(recorded: "ExperimentConfig", current: "ExperimentConfig") -> list[str]:
+def recipe_differences(recorded: ExperimentConfig, current: ExperimentConfig) -> list[str]:
     """The fields (dotted) in which two configs train differently, as 'field: recorded -> current'."""
     old, new = _flat(dataclasses.asdict(recorded)), _flat(dataclasses.asdict(current))
     return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
