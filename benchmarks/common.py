@@ -19,7 +19,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 MODEL_DIR = ROOT / "model"
-RUN_DIR = ROOT / "runs" / "study" / "recipes" / "cpu_small_colour_soft"  # the run the shipped model came from
+RUN_DIR = ROOT / "runs" / "study" / "recipes" / "cpu_small_colour_soft_long"  # the run the shipped model came from
 # AMi-Br, read in place: where the configs expect it, or wherever AMIBR_ROOT says.
 DATA_ROOT = Path(os.environ.get("AMIBR_ROOT", ROOT / "data" / "amibr-dev"))
 
