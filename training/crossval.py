@@ -14,10 +14,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import yaml
 from scipy.special import expit
 
-from training.config import ExperimentConfig, config_from_dict, recipe_differences, save_config
+from training.config import ExperimentConfig, load_config, recipe_differences, save_config
 from training.data import config_samples, labels_of, load_images, read_manifest
 from training.metrics import best_threshold, binary_metrics, cross_validated_threshold_metrics
 from training.report import write_report
@@ -84,7 +83,7 @@ def check_same_recipe(fold_dir: Path, config: ExperimentConfig) -> None:
     path = Path(fold_dir) / "config.yaml"
     if not path.is_file():
         return  # written by every fold since configs were saved; nothing to compare against
-    differences = recipe_differences(config_from_dict(yaml.safe_load(path.read_text()) or {}, str(path)), config)
+    differences = recipe_differences(load_config(str(path)), config)
     if differences:
         raise ValueError(f"{fold_dir} was finished with another config ({'; '.join(differences)}); its predictions "
                          "would be pooled as this config's. Train into another folder (--out) or delete the fold")
