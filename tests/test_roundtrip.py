@@ -219,3 +219,26 @@ def test_export_puts_a_fitted_calibration_in_the_graph_unless_told_not_to(export
     assert training_cli(["export", str(run_dir), "--out", str(plain), "--name", "plain", "--no-calibration"]) == 0
     assert json.loads((plain / "model.json").read_text())["calibration"] == {"temperature": 1.0, "bias": 0.0,
                                                                                "fitted_on": "not calibrated"}
+
+
+def test_half_weights_halve_the_file_and_keep_float32_arithmetic(exported, tmp_path):
+    run_dir, model_dir = exported
+    half = tmp_path / "half"
+    assert training_cli(["export", str(run_dir), "--out", str(half), "--name", "half", "--half-weights"]) == 0
+    spec = json.loads((half / "model.json").read_text())
+    assert spec["weight_storage"] == "float16" and spec["precision"] == "float32"
+    graph = onnx.load(str(half / spec["onnx"]))
+    large = {t.data_type for t in graph.graph.initializer if np.prod(t.dims) >= 1024}  # the kernels
+    assert large == {onnx.TensorProto.FLOAT16}
+    full = model_dir / json.loads((model_dir / "model.json").read_text())["onnx"]
+    assert (half / spec["onnx"]).stat().st_size < 0.6 * full.stat().st_size
+    patches = np.stack([make_patch(np.random.default_rng(i), atypical=bool(i % 2)) for i in range(8)])
+    import onnxruntime
+
+    outputs = [onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+               .run(None, {"patches": patches})[0] for path in (full, half / spec["onnx"])]
+    assert outputs[1].dtype == np.float32
+    assert 0 < np.abs(outputs[1] - outputs[0]).max() < 5e-3  # rounded weights: close, not the same
+    assert 0 < spec["metrics"]["export_parity_max_abs_difference"] < 5e-3
+    both = ["export", str(run_dir), "--out", str(tmp_path / "both"), "--half-weights", "--fp16"]
+    assert training_cli(both) == 1 and not (tmp_path / "both").exists()

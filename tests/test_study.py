@@ -5,11 +5,14 @@ import json
 import numpy as np
 import pytest
 import yaml
+from sklearn.metrics import roc_auc_score
 
 from tests.amibr_fixture import write_amibr
 from training.cli import main as training_cli
 from training.report import study_markdown
+from training.study import pooled_runs
 from training.statistics import compare, per_fold_metrics, t_interval, verdict
+from training.train import read_oof
 
 
 def table(labels, probabilities, folds):
@@ -95,6 +98,26 @@ def test_a_study_trains_both_configs_on_one_split_and_reports(tmp_path, capsys):
     assert yaml.safe_load((out / "slow" / "config.yaml").read_text())["optim"]["seed"] == 0  # nothing rewritten
     assert (out / "fast" / "fold_0" / "model.safetensors").stat().st_mtime_ns == stamp
 
+    # an ensemble row: both runs' scores averaged per patch, as the exported graph averages its members
+    assert training_cli(["study", "--configs", *paths, "slow+fast", "--out", str(out), "--leave-out", "dataset",
+                         "--quiet"]) == 0  # every run is finished: nothing trained, the report now has three rows
+    assert (out / "fast" / "fold_0" / "model.safetensors").stat().st_mtime_ns == stamp
+    results = json.loads((out / "study.json").read_text())
+    assert list(results["runs"]) == ["slow", "fast", "slow+fast"] and not (out / "slow+fast").exists()
+    slow, fast = ({row["sample_id"]: row for row in read_oof(out / name / "oof_predictions.csv")}
+                  for name in ("slow", "fast"))
+    for fold, metrics in results["runs"]["slow+fast"]["per_fold"].items():
+        ids = [i for i, row in slow.items() if str(row["fold"]) == fold]
+        averaged = [(slow[i]["score"] + fast[i]["score"]) / 2 for i in ids]
+        assert metrics["roc_auc"] == pytest.approx(roc_auc_score([slow[i]["label"] for i in ids], averaged))
+    pooled = pooled_runs([out / "slow", out / "fast"])
+    assert {i: row["score"] for i, row in pooled.items()} == pytest.approx(
+        {i: (slow[i]["score"] + fast[i]["score"]) / 2 for i in slow})
+    assert any(slow[i]["score"] != fast[i]["score"] for i in slow)  # two members that differ
+    assert len(results["differences"]["slow+fast"]["roc_auc"]["per_fold"]) == 2
+    assert set(results["leave_one_out"]["slow+fast"]) == {"MIDOG21", "TUPAC16"}
+    assert "| slow+fast | roc auc |" in (out / "study.md").read_text()
+
     # a config added later on fewer folds (--folds) is paired with the others on the folds they share
     third = tmp_path / "third.yaml"
     third.write_text(yaml.safe_dump({**base, "name": "third"}))
@@ -107,3 +130,7 @@ def test_a_study_trains_both_configs_on_one_split_and_reports(tmp_path, capsys):
     markdown = (out / "study.md").read_text()
     assert "Not every config trained every fold (`slow`: folds 0, 1)" in markdown
     assert "| third | roc auc | - | " in markdown
+    # an ensemble of runs that trained different folds would score some patches with fewer members
+    assert training_cli(["study", "--configs", paths[0], f"slow+{third}", "--out", str(out), "--folds", "1",
+                         "--quiet"]) == 1
+    assert "must have trained the same folds" in capsys.readouterr().err

@@ -91,7 +91,8 @@ def export_entry(args) -> int:
     views = DIHEDRAL_VIEWS if args.dihedral else args.views
     try:
         export_model(_fold_folders(args.runs), args.out, name=args.name, views=views, data_root=args.data_root,
-                     fp16=args.fp16, calibration=not args.no_calibration, threshold_rule=args.threshold_rule)
+                     fp16=args.fp16, half_weights=args.half_weights, calibration=not args.no_calibration,
+                     threshold_rule=args.threshold_rule)
     except ExportError as error:  # a check failed: nothing was written
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -117,11 +118,18 @@ def evaluate_entry(args) -> int:
 
 def study_entry(args) -> int:
     from training.config import load_config, with_overrides
-    from training.study import run_study
+    from training.study import ENSEMBLE, run_study
 
     overrides = {"data.root": args.data_root, "optim.epochs": args.epochs, "optim.seed": args.seed}
-    configs = [with_overrides(load_config(name), overrides) for name in args.configs]
-    results = run_study(configs, args.out, leave_out=args.leave_out, folds=args.folds,
+    configs, rows = {}, []
+    for row in args.configs:  # "a+b": an ensemble of configs a and b (names of configs given before, or configs)
+        members = [configs[name] if name in configs else with_overrides(load_config(name), overrides)
+                   for name in row.split(ENSEMBLE)]
+        for config in members:
+            if configs.setdefault(config.name, config) != config:
+                raise ValueError(f"two different configs are named {config.name}")
+        rows.append(ENSEMBLE.join(config.name for config in members))
+    results = run_study(list(configs.values()), args.out, rows=rows, leave_out=args.leave_out, folds=args.folds,
                         prepare_synthetic=_synthetic_preparer(args), show_progress=not args.quiet)
     for name, difference in results["differences"].items():
         auc = difference["roc_auc"]
@@ -271,6 +279,9 @@ def _add_export_command(commands) -> None:
                              "out-of-fold scores)")
     export.add_argument("--fp16", action="store_true",
                         help="float16 weights and arithmetic, for GPUs (checked against PyTorch to 1e-2)")
+    export.add_argument("--half-weights", action="store_true",
+                        help="weights stored as float16 (half the file), arithmetic in float32, for CPUs "
+                             "(checked against PyTorch to 5e-3)")
     export.add_argument("--data-root", help="dataset folder for the parity check, overriding the config's")
     export.add_argument("--threshold-rule", choices=list(RULES), default=DEFAULT_RULE,
                         help=f"how the threshold is chosen from the out-of-fold predictions (default: {DEFAULT_RULE}; "
@@ -304,7 +315,10 @@ def _add_study_command(commands) -> None:
                     "leave-one-domain-out, and writes <out>/study.md with per-fold results, paired differences "
                     "with 95% intervals, per-domain and leave-one-out tables. Resumes where it stopped. Configs "
                     "with a synthetic section get per-fold generators trained first (--synth-config).")
-    study.add_argument("--configs", nargs="+", required=True, help="config names or YAML paths; the first is the baseline")
+    study.add_argument("--configs", nargs="+", required=True,
+                       help="config names or YAML paths; the first is the baseline; a+b is the ensemble of "
+                            "configs a and b (each trained as its own run, their scores averaged per patch; a "
+                            "and b may name configs given before)")
     study.add_argument("--out", type=Path, required=True, help="study folder")
     study.add_argument("--data-root", help="dataset folder for every config, overriding data.root")
     study.add_argument("--leave-out", help="also run leave-one-domain-out folds over this domain key (e.g. dataset, tumor)")

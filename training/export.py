@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 import onnxruntime
 import torch
 import yaml
@@ -40,6 +41,8 @@ from training.train import predict_scores, read_oof
 OPSET = 18
 PARITY_TOLERANCE = 1e-4
 FP16_TOLERANCE = 1e-2  # float16 weights and activations: about 3 significant digits
+HALF_WEIGHTS_TOLERANCE = 5e-3  # float16 weights, float32 arithmetic: only the weights are rounded
+HALF_WEIGHTS_MIN_ELEMENTS = 1024  # smaller tensors (biases, normalisation, calibration) stay float32
 PARITY_PATCHES = 64
 # ONNX files are protobufs, which cannot exceed 2 GB: larger ensembles (foundation-model folds)
 # keep their weights in one external data file, `<name>.onnx.data`, beside the graph.
@@ -97,6 +100,33 @@ def to_float16(onnx_path: Path) -> None:
 
     save_onnx(convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True), onnx_path,
               external=data_file(onnx_path).is_file())
+
+
+def store_weights_as_float16(onnx_path: Path) -> int:
+    """Store the graph's large float32 weights as float16, each cast back to float32 by a Cast node.
+
+    Halves the file while the arithmetic stays float32: ONNX Runtime folds the casts once, when the
+    session is created, so what changes is only the weights' rounding (11 significant bits). Tensors
+    under HALF_WEIGHTS_MIN_ELEMENTS stay as they are. Returns the number of tensors stored as float16.
+    """
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    kept, casts = [], []
+    for tensor in graph.initializer:
+        if tensor.data_type != onnx.TensorProto.FLOAT or np.prod(tensor.dims) < HALF_WEIGHTS_MIN_ELEMENTS:
+            kept.append(tensor)
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), name=f"{tensor.name}__float16")
+        kept.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [tensor.name], to=onnx.TensorProto.FLOAT,
+                                      name=f"{tensor.name}__to_float32"))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)  # the casts first: the graph's nodes must stay in topological order
+    del graph.node[:]
+    graph.node.extend(nodes)
+    save_onnx(model, onnx_path, external=data_file(onnx_path).is_file())
+    return len(casts)
 
 
 def data_file(onnx_path: Path) -> Path:
@@ -296,9 +326,13 @@ def calibrate(pooled: dict[str, dict], plot_path: Path | None) -> tuple[float, f
 
 
 def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_root: str | None = None,
-                 fp16: bool = False, calibration: bool = True, external_data: bool | None = None,
-                 threshold_rule: str = DEFAULT_RULE) -> dict:
+                 fp16: bool = False, half_weights: bool = False, calibration: bool = True,
+                 external_data: bool | None = None, threshold_rule: str = DEFAULT_RULE) -> dict:
     """Export `fold_folders` as one ensemble into `out_dir`; returns the model.json content.
+
+    `fp16`: weights and arithmetic in float16 (for GPUs); `half_weights`: weights stored as float16,
+    arithmetic in float32 (half the file, for CPUs). Either is checked against the float32 PyTorch
+    ensemble at its own tolerance; the out-of-fold metrics are the float32 members'.
 
     `threshold_rule`: how the threshold is chosen from the pooled out-of-fold predictions
     (training.thresholds); model.json records every rule's threshold beside the one used.
@@ -312,6 +346,8 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
     """
     started = time.perf_counter()
     check_rule(threshold_rule)
+    if fp16 and half_weights:
+        raise ExportError("--fp16 already stores the weights as float16; give one of --fp16 and --half-weights")
     if threshold_rule == "prevalence" and not calibration:
         raise ExportError("the prevalence rule assumes calibrated probabilities; drop --no-calibration or pick another rule")
     members = [load_member(folder) for folder in fold_folders]
@@ -340,6 +376,9 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
         if fp16:
             to_float16(onnx_path)
             difference = check_parity(ensemble, onnx_path, parity_patches, tolerance=FP16_TOLERANCE)
+        if half_weights:
+            store_weights_as_float16(onnx_path)
+            difference = check_parity(ensemble, onnx_path, parity_patches, tolerance=HALF_WEIGHTS_TOLERANCE)
         member_info = [_member_info(Path(folder), args, fold, split)
                        for folder, (_, args, _), (fold, split) in zip(fold_folders, members, splits)]
         training = {"dataset": first_config.data.kind, "n_samples": len(samples),
@@ -351,6 +390,7 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
         spec = _model_json(name, onnx_path, {"value": oof["threshold"], "candidates": candidates}, threshold_rule,
                            views, member_info, metrics, training)
         spec["precision"] = "float16" if fp16 else "float32"
+        spec["weight_storage"] = "float16" if fp16 or half_weights else "float32"
         spec["calibration"] = calibration_record or {"temperature": 1.0, "bias": 0.0, "fitted_on": "not calibrated"}
         spec["confidence"] = "p_atypical"  # the Track 2 contract; the container refuses any other value
         (staging / "model.json").write_text(json.dumps(spec, indent=2) + "\n")

@@ -6,6 +6,9 @@ slide-grouped split, so each fold gives a paired difference; the report gives pe
 +- sd balanced accuracy and ROC AUC, the paired differences with a 95% t-interval over folds and a
 paired bootstrap interval over patches, per-domain results, and leave-one-domain-out results.
 
+A row of the report may be an ensemble of several configs ("a+b"): each patch scored by every
+config's member of its fold, the scores averaged as the exported graph averages its members.
+
 Balanced accuracy per fold uses a threshold chosen on the other folds' out-of-fold predictions, so
 no number in the report has seen its own labels. A study resumes where it stopped: finished folds
 are skipped, an unfinished one continues from its last epoch.
@@ -22,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from training.config import ExperimentConfig
-from training.crossval import fold_dirs, pooled_oof, run_crossval
+from training.crossval import fold_dirs, oof_metrics, pooled_oof, run_crossval
 from training.data import config_samples
 from training.plots import plot_study
 from training.report import study_markdown
@@ -30,9 +33,42 @@ from training.splits import make_domain_split, save_split, split_for
 from training.statistics import compare, mean_sd, per_fold_metrics
 
 
-def oof_table(run_dir: Path) -> dict:
-    """A finished run's pooled out-of-fold predictions as arrays keyed by sample id order."""
-    pooled = pooled_oof(fold_dirs(run_dir))
+ENSEMBLE = "+"  # a study row "a+b": the ensemble of configs a and b, their scores averaged per patch
+
+
+def row_runs(study_dir: Path, row: str) -> list[Path]:
+    """The run folders a study row is made of: one config's, or every member's of an ensemble row."""
+    return [Path(study_dir) / name for name in row.split(ENSEMBLE)]
+
+
+def pooled_runs(run_dirs: list[Path]) -> dict[str, dict]:
+    """Pooled out-of-fold predictions of one run, or of several on one split averaged as scores.
+
+    Several runs are an ensemble as the exported graph computes it: each patch scored by every run's
+    member of its fold, the scores (logits) averaged. The runs must have trained the same folds, or
+    some patches would be scored by fewer members than others.
+    """
+    folders = {Path(run_dir): fold_dirs(run_dir) for run_dir in run_dirs}
+    trained = {run_dir.name: sorted(folder.name for folder in fold_folders) for run_dir, fold_folders in folders.items()}
+    if len({tuple(names) for names in trained.values()}) > 1:
+        raise ValueError(f"the members of an ensemble must have trained the same folds, got {trained}")
+    if len(run_dirs) > 1:  # one split: every run scored each patch with the same fold's member
+        _check_one_split(run_dirs)
+    return pooled_oof([folder for fold_folders in folders.values() for folder in fold_folders])
+
+
+def _check_one_split(run_dirs: list[Path]) -> None:
+    splits = {Path(run_dir).name: json.loads((Path(run_dir) / "split.json").read_text()) for run_dir in run_dirs}
+    if any(split != next(iter(splits.values())) for split in splits.values()):
+        raise ValueError(f"the members of an ensemble must share one split: {', '.join(splits)} do not")
+
+
+def oof_table(run_dirs: list[Path]) -> dict:
+    """Pooled out-of-fold predictions (of one run or an ensemble, pooled_runs) as arrays in sample id order."""
+    return _as_table(pooled_runs(run_dirs))
+
+
+def _as_table(pooled: dict[str, dict]) -> dict:
     ids = sorted(pooled)
     return {"ids": ids,
             "labels": np.array([pooled[i]["label"] for i in ids]),
@@ -40,35 +76,47 @@ def oof_table(run_dir: Path) -> dict:
             "folds": np.array([str(pooled[i]["fold"]) for i in ids])}
 
 
-def summarise_run(run_dir: Path) -> dict:
-    """Per-fold metrics, their mean +- sd, pooled metrics and per-domain results of one run."""
-    table = oof_table(run_dir)
-    folds = per_fold_metrics(table)
-    results = json.loads((Path(run_dir) / "results.json").read_text())["oof"]
+def summarise_run(run_dirs: list[Path]) -> dict:
+    """Per-fold metrics, their mean +- sd, pooled metrics and per-domain results of one run or an ensemble.
+
+    Per-domain results come from a run's results.json; an ensemble row has none.
+    """
+    pooled_rows = pooled_runs(run_dirs)
+    folds = per_fold_metrics(_as_table(pooled_rows))
+    pooled = oof_metrics(pooled_rows)
+    per_domain = {}
+    if len(run_dirs) == 1:
+        per_domain = json.loads((Path(run_dirs[0]) / "results.json").read_text())["oof"].get("per_domain", {})
     return {"per_fold": folds,
             "roc_auc": mean_sd([f["roc_auc"] for f in folds.values()]),
             "balanced_accuracy": mean_sd([f["balanced_accuracy"] for f in folds.values()]),
-            "pooled_roc_auc": results["at_threshold"]["roc_auc"],
+            "pooled_roc_auc": pooled["at_threshold"]["roc_auc"],
             "pooled_balanced_accuracy_threshold_from_other_folds":
-                (results.get("threshold_chosen_on_other_folds") or {}).get("balanced_accuracy"),
-            "per_domain": results.get("per_domain", {})}
+                (pooled.get("threshold_chosen_on_other_folds") or {}).get("balanced_accuracy"),
+            "per_domain": per_domain}
 
 
 def _with_split(config: ExperimentConfig, **changes) -> ExperimentConfig:
     return dataclasses.replace(config, split=dataclasses.replace(config.split, **changes))
 
 
-def run_study(configs: list[ExperimentConfig], study_dir: Path, *, leave_out: str | None = None, folds=None,
-              prepare_synthetic=None, show_progress: bool = True) -> dict:
+def run_study(configs: list[ExperimentConfig], study_dir: Path, *, rows: list[str] | None = None,
+              leave_out: str | None = None, folds=None, prepare_synthetic=None, show_progress: bool = True) -> dict:
     """Train every config on the study's split (and leave-one-domain-out, if asked); write the report.
 
-    `prepare_synthetic(config, split, split_dir)` makes a synthetic config's per-fold images under
-    split_dir and returns the config pointing at them (see training.synth); None: they must exist.
+    `rows`: what the report compares, the first being the baseline: config names, or ensembles of
+    them joined by ENSEMBLE ("a+b"); default: one row per config. `prepare_synthetic(config, split,
+    split_dir)` makes a synthetic config's per-fold images under split_dir and returns the config
+    pointing at them (see training.synth); None: they must exist.
     """
     study_dir = Path(study_dir)
     names = [config.name for config in configs]
     if len(set(names)) != len(names):
         raise ValueError(f"configs must have distinct names, got {names}")
+    rows = rows or names
+    unknown = sorted({member for row in rows for member in row.split(ENSEMBLE)} - set(names))
+    if unknown or len(set(rows)) != len(rows):
+        raise ValueError(f"study rows must be distinct and made of the configs trained, got {rows} for {names}")
     samples = config_samples(configs[0].data)
     splits = {"": split_for(samples, configs[0].split)}
     if leave_out:
@@ -83,7 +131,7 @@ def run_study(configs: list[ExperimentConfig], study_dir: Path, *, leave_out: st
                 config = prepare_synthetic(config, split, split_dir)
             run_crossval(config, split_dir / config.name, folds=folds if not split_name else None,
                          split_path=split_dir / "split.json", show_progress=show_progress)
-    return write_study_report(study_dir, names, leave_out)
+    return write_study_report(study_dir, rows, leave_out)
 
 
 def on_folds(table: dict, folds: list[str]) -> dict:
@@ -111,7 +159,7 @@ def study_results(study_dir: Path, names: list[str], leave_out: str | None) -> d
     """
     study_dir = Path(study_dir)
     results = {"baseline": names[0], "runs": {}, "differences": {}, "leave_one_out": {}}
-    tables = {name: oof_table(study_dir / name) for name in names}
+    tables = {name: oof_table(row_runs(study_dir, name)) for name in names}
     shared = common_folds(tables)
     paired = {name: on_folds(table, shared) for name, table in tables.items()}
     results["coverage"] = {"n_folds": json.loads((study_dir / "split.json").read_text())["n_folds"],
@@ -120,7 +168,7 @@ def study_results(study_dir: Path, names: list[str], leave_out: str | None) -> d
                                                         for name, t in tables.items()},
                            "n": len(paired[names[0]]["ids"]), "n_atypical": int(paired[names[0]]["labels"].sum())}
     for name in names:
-        results["runs"][name] = summarise_run(study_dir / name)
+        results["runs"][name] = summarise_run(row_runs(study_dir, name))
     for name in names[1:]:
         results["differences"][name] = compare(paired[names[0]], paired[name])
     if leave_out:
@@ -128,7 +176,7 @@ def study_results(study_dir: Path, names: list[str], leave_out: str | None) -> d
         split = json.loads((lodo_dir / "split.json").read_text())
         domain_of_fold = {str(f["fold"]): f["left_out"][leave_out] for f in split["folds"]}
         for name in names:
-            per_fold = per_fold_metrics(oof_table(lodo_dir / name))
+            per_fold = per_fold_metrics(oof_table(row_runs(lodo_dir, name)))
             results["leave_one_out"][name] = {domain_of_fold[f]: m for f, m in per_fold.items()}
     return results
 
