@@ -6,8 +6,9 @@ check included), stored with float16 weights and float32 arithmetic
 (`training.export.store_weights_as_float16`, what `export --half-weights` ships), quantised with
 `onnxruntime.quantization.quantize_dynamic` and converted with `training.export.to_float16`; each
 version scores fold k's validation patches (split.json) in ONNX Runtime on the CPU; the five folds
-are pooled and scored at the run's threshold (results.json `oof.threshold`). Speed is that of the shipped 5-member graph converted the same ways: throughput,
-session creation, and process.py per stack (cold, as startup.py) with the converted graph.
+are pooled and scored at the run's threshold (results.json `oof.threshold`). Speed is that of the
+shipped 5-member graph converted the same ways: throughput, session creation, and process.py per
+stack (cold, as startup.py) with the converted graph.
 """
 
 import argparse
@@ -53,7 +54,7 @@ def quantize_int8(source: Path, target: Path) -> None:
 
 
 def convert(float32: Path, folder: Path) -> dict[str, Path]:
-    """The float32 graph and its int8 and float16 versions, side by side in `folder`."""
+    """The float32 graph and its float16-weight, int8 and float16 versions, side by side in `folder`."""
     paths = {"float32": float32, "float16 weights": folder / f"{float32.stem}.half-weights.onnx",
              "int8 dynamic": folder / f"{float32.stem}.int8.onnx", "float16": folder / f"{float32.stem}.fp16.onnx"}
     shutil.copy(float32, paths["float16 weights"])
