@@ -85,7 +85,8 @@ def out_of_fold(run_dir: Path, scratch: Path, threads: int) -> tuple[dict, np.nd
         fold = int(fold_dir.name.removeprefix("fold_"))
         _, val_index = fold_indices(split, samples, fold)
         val_samples = [samples[i] for i in val_index]
-        spec = export_model([fold_dir], scratch / fold_dir.name, name=fold_dir.name, data_root=str(DATA_ROOT))
+        spec = export_model([fold_dir], scratch / fold_dir.name, name=fold_dir.name, data_root=str(DATA_ROOT),
+                            calibration=False)  # the probabilities the fold itself gives, which the run's threshold is for
         paths = convert(scratch / fold_dir.name / spec["onnx"], scratch / fold_dir.name)
         patches = load_images(val_samples)
         for variant, path in paths.items():
