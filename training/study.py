@@ -29,7 +29,7 @@ from training.crossval import fold_dirs, oof_metrics, pooled_oof, run_crossval
 from training.data import config_samples
 from training.plots import plot_study
 from training.report import study_markdown
-from training.splits import make_domain_split, save_split, split_for
+from training.splits import load_split, make_domain_split, save_split, split_fingerprint, split_for
 from training.statistics import compare, mean_sd, per_fold_metrics
 
 
@@ -58,9 +58,11 @@ def pooled_runs(run_dirs: list[Path]) -> dict[str, dict]:
 
 
 def _check_one_split(run_dirs: list[Path]) -> None:
-    splits = {Path(run_dir).name: json.loads((Path(run_dir) / "split.json").read_text()) for run_dir in run_dirs}
-    if any(split != next(iter(splits.values())) for split in splits.values()):
-        raise ValueError(f"the members of an ensemble must share one split: {', '.join(splits)} do not")
+    """The runs' split.json files name one split (compared by split_fingerprint, as export compares members)."""
+    digests = {split_fingerprint(load_split(Path(run_dir) / "split.json")) for run_dir in run_dirs}
+    if len(digests) > 1:
+        names = ", ".join(Path(run_dir).name for run_dir in run_dirs)
+        raise ValueError(f"the members of an ensemble must share one split: {names} do not")
 
 
 def oof_table(run_dirs: list[Path]) -> dict:
