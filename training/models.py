@@ -66,6 +66,9 @@ BACKBONES = {
     "resnet10t_slim": BackboneSpec(
         "resnet10t", timm_kwargs={"channels": (32, 64, 128, 256)},
         note="1.3 M parameters, ResNet-10-T at half width; trains from scratch on 2 CPU cores (the shipped default)"),
+    "resnet18d_slim": BackboneSpec(
+        "resnet18d", timm_kwargs={"channels": (32, 64, 128, 256)},
+        note="2.8 M parameters, ResNet-18-D at half width: two basic blocks per stage where resnet10t_slim has one"),
     "convnext_atto": BackboneSpec(
         "convnext_atto", note="3.4 M parameters; a small ConvNeXt for CPU experiments"),
     "convnext_small": BackboneSpec(
