@@ -92,7 +92,7 @@ def export_entry(args) -> int:
     try:
         export_model(_fold_folders(args.runs), args.out, name=args.name, views=views, data_root=args.data_root,
                      fp16=args.fp16, half_weights=args.half_weights, calibration=not args.no_calibration,
-                     threshold_rule=args.threshold_rule)
+                     threshold_rule=args.threshold_rule, out_of_domain=args.out_of_domain)
     except ExportError as error:  # a check failed: nothing was written
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -286,6 +286,9 @@ def _add_export_command(commands) -> None:
     export.add_argument("--threshold-rule", choices=list(RULES), default=DEFAULT_RULE,
                         help=f"how the threshold is chosen from the out-of-fold predictions (default: {DEFAULT_RULE}; "
                              "see training/thresholds.py and `threshold-transfer`)")
+    export.add_argument("--out-of-domain", type=Path, metavar="STUDY",
+                        help="a study folder with leave-one-out runs of the members' configs (study --leave-out): "
+                             "their results on each left-out source go into model.json as metrics.out_of_domain")
     export.set_defaults(entry=export_entry)
 
 

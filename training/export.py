@@ -32,6 +32,7 @@ from training.data import CLASSES, PATCH_SIZE, config_samples, load_images
 from training.ensemble import EnsembleClassifier, Preprocess
 from training.lora import rebuild
 from training.models import create_classifier
+from training.out_of_domain import OutOfDomainError, out_of_domain_metrics
 from training.plots import plot_calibration
 from training.splits import fold_fingerprint, fold_indices, load_split, slide_digest, split_fingerprint
 from training.thresholds import DEFAULT_RULE, DESCRIPTIONS, check_rule, rule_thresholds
@@ -327,7 +328,8 @@ def calibrate(pooled: dict[str, dict], plot_path: Path | None) -> tuple[float, f
 
 def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_root: str | None = None,
                  fp16: bool = False, half_weights: bool = False, calibration: bool = True,
-                 external_data: bool | None = None, threshold_rule: str = DEFAULT_RULE) -> dict:
+                 external_data: bool | None = None, threshold_rule: str = DEFAULT_RULE,
+                 out_of_domain: Path | None = None) -> dict:
     """Export `fold_folders` as one ensemble into `out_dir`; returns the model.json content.
 
     `fp16`: weights and arithmetic in float16 (for GPUs); `half_weights`: weights stored as float16,
@@ -336,6 +338,10 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
 
     `threshold_rule`: how the threshold is chosen from the pooled out-of-fold predictions
     (training.thresholds); model.json records every rule's threshold beside the one used.
+
+    `out_of_domain`: a study folder whose leave-one-out runs trained the members' configs; their
+    metrics on the source each left out go into model.json as `metrics.out_of_domain`
+    (training.out_of_domain), the estimate of what the model does on a source it never saw.
 
     `external_data`: weights in `<name>.onnx.data` beside the graph; None decides by size
     (above EXTERNAL_DATA_ABOVE_BYTES of weights), since one ONNX file cannot exceed 2 GB.
@@ -355,6 +361,10 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
         raise ExportError("no fold folders given")
     splits = [member_split(Path(folder)) for folder in fold_folders]  # checked before any work is done
     first_config = members[0][2]
+    try:
+        unseen = out_of_domain_metrics(out_of_domain, [m[2] for m in members]) if out_of_domain else None
+    except OutOfDomainError as error:
+        raise ExportError(str(error)) from error
     views = list(views or first_config.tta_views)
     samples = config_samples(first_config.data, data_root)
     pooled = oof_for_views(fold_folders, members, samples, views, spacing_um=first_config.data.slides_spacing_um)
@@ -387,6 +397,8 @@ def export_model(fold_folders, out_dir: Path, *, name: str, views=None, data_roo
                     "backbones": sorted({m[1]["backbone"] for m in members}),
                     "slide_digests": training_slide_digests(splits, samples)}
         metrics = {"oof": oof, "oof_views": list(views), "export_parity_max_abs_difference": difference}
+        if unseen:
+            metrics["out_of_domain"] = unseen
         spec = _model_json(name, onnx_path, {"value": oof["threshold"], "candidates": candidates}, threshold_rule,
                            views, member_info, metrics, training)
         spec["precision"] = "float16" if fp16 else "float32"

@@ -50,15 +50,15 @@ def bootstrap_intervals(labels, predicted, scores, *, resamples: int = BOOTSTRAP
 
 
 def per_fold_metrics(table: dict) -> dict[str, dict]:
-    """ROC AUC per fold, and balanced accuracy with each fold's threshold chosen on the other folds."""
+    """ROC AUC per fold, and balanced accuracy, sensitivity, specificity at a threshold chosen on the other folds."""
     labels, probabilities, folds = table["labels"], table["probabilities"], table["folds"]
     result = {}
     for fold in sorted(set(folds), key=int):
         inside = folds == fold
         threshold = best_threshold(labels[~inside], probabilities[~inside]) if (~inside).any() else 0.5
         metrics = binary_metrics(labels[inside], probabilities[inside], threshold)
-        result[fold] = {"roc_auc": metrics["roc_auc"], "balanced_accuracy": metrics["balanced_accuracy"],
-                        "threshold": threshold, "n": metrics["n"]}
+        result[fold] = {name: metrics[name] for name in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity",
+                                                         "threshold", "n", "n_atypical")}
     return result
 
 
