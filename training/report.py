@@ -156,8 +156,11 @@ def _domain_lines(results: dict, leave_out: str | None) -> list[str]:
                       for v, m in values.items()]
     if results["leave_one_out"]:
         lines += ["", f"## Leave one {leave_out} out (train on the others, test on it)", "",
-                  "| config | left out | n | balanced accuracy | ROC AUC |", "|---|---|---|---|---|"]
+                  "Balanced accuracy, sensitivity and specificity at a threshold chosen on the other runs' "
+                  "left-out patches", "",
+                  "| config | left out | n | balanced accuracy | sensitivity | specificity | ROC AUC |",
+                  "|---|---|---|---|---|---|---|"]
         for name, per_domain in results["leave_one_out"].items():
-            lines += [f"| {name} | {d} | {m['n']} | {_fmt(m['balanced_accuracy'])} | {_fmt(m['roc_auc'])} |"
-                      for d, m in per_domain.items()]
+            lines += [f"| {name} | {d} | {m['n']} | {_fmt(m['balanced_accuracy'])} | {_fmt(m.get('sensitivity'))} | "
+                      f"{_fmt(m.get('specificity'))} | {_fmt(m['roc_auc'])} |" for d, m in per_domain.items()]
     return lines
