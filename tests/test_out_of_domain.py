@@ -14,7 +14,8 @@ def study(tmp_path_factory):
     """(study folder, config name): a 2-fold, 1-epoch study of one config, with leave-one-dataset-out."""
     work = tmp_path_factory.mktemp("out_of_domain")
     data = write_amibr(work / "amibr", n_slides=6, per_slide=8)
-    config = {"name": "tiny", "backbone": "resnet10t_slim", "input_crop": 64, "data": {"kind": "amibr", "root": str(data)},
+    config = {"name": "tiny", "backbone": "resnet10t_slim", "input_crop": 64,
+              "data": {"kind": "amibr", "root": str(data)},
               "split": {"n_folds": 2}, "optim": {"epochs": 1, "batch_size": 8, "warmup_epochs": 0, "threads": 2}}
     (work / "tiny.yaml").write_text(yaml.safe_dump(config))
     out = work / "study"

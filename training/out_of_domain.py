@@ -47,9 +47,10 @@ def out_of_domain_metrics(study_dir: Path, member_configs) -> dict:
         key = lodo_dir.name.removeprefix("lodo_")
         result[key] = {entry["left_out"][key]: _record(per_fold[str(entry["fold"])]) for entry in split["folds"]}
     return {"estimate_of": "the exported recipe on a source its members never saw",
-            "how": "leave-one-out runs of the members' configs (other trainings, not the shipped members): each trained "
-                   "on every value of the key but one and scored on that one; one run per value. Balanced accuracy, "
-                   "sensitivity and specificity at a threshold chosen on the other runs' left-out patches",
+            "how": "leave-one-out runs of the members' configs (other trainings, not the shipped members): each "
+                   "trained on every value of the key but one and scored on that one; one run per value. "
+                   "Balanced accuracy, sensitivity and specificity at a threshold chosen on the other runs' "
+                   "left-out patches",
             "study": study_dir.name, "configs": sorted(configs), "per_left_out": result}
 
 
@@ -71,5 +72,5 @@ def _finished_run(run_dir: Path, config, split: dict) -> Path:
 
 
 def _record(metrics: dict) -> dict:
-    return {name: metrics[name] for name in ("n", "n_atypical", "roc_auc", "balanced_accuracy", "sensitivity",
-                                              "specificity", "threshold")}
+    kept = ("n", "n_atypical", "roc_auc", "balanced_accuracy", "sensitivity", "specificity", "threshold")
+    return {name: metrics[name] for name in kept}
