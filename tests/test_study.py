@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from tests.amibr_fixture import write_amibr
 from training.cli import main as training_cli
+from training.metrics import best_threshold
 from training.report import study_markdown
 from training.study import pooled_runs
 from training.statistics import compare, per_fold_metrics, t_interval, verdict
@@ -117,6 +118,17 @@ def test_a_study_trains_both_configs_on_one_split_and_reports(tmp_path, capsys):
     assert len(results["differences"]["slow+fast"]["roc_auc"]["per_fold"]) == 2
     assert set(results["leave_one_out"]["slow+fast"]) == {"MIDOG21", "TUPAC16"}
     assert "| slow+fast | roc auc |" in (out / "study.md").read_text()
+    recorded = json.loads((out / "slow" / "results.json").read_text())["oof"]["per_domain"]
+    assert results["runs"]["slow"]["per_domain"] == recorded  # a single run: as its own results.json
+    threshold = results["runs"]["slow+fast"]["per_domain"]["dataset"]["MIDOG21"]["threshold"]
+    assert threshold == pytest.approx(best_threshold(np.array([r["label"] for r in pooled.values()]),
+                                                     np.array([r["probability"] for r in pooled.values()])))
+    for source, metrics in results["runs"]["slow+fast"]["per_domain"]["dataset"].items():  # the ensemble's own scores
+        ids = [i for i, row in slow.items() if i.startswith(source)]
+        assert metrics["n"] == len(ids) > 0
+        assert metrics["roc_auc"] == pytest.approx(roc_auc_score([slow[i]["label"] for i in ids],
+                                                                 [pooled[i]["score"] for i in ids]))
+    assert "## Per dataset: slow+fast" in (out / "study.md").read_text()
 
     # a config added later on fewer folds (--folds) is paired with the others on the folds they share
     third = tmp_path / "third.yaml"

@@ -78,24 +78,22 @@ def _as_table(pooled: dict[str, dict]) -> dict:
             "folds": np.array([str(pooled[i]["fold"]) for i in ids])}
 
 
-def summarise_run(run_dirs: list[Path]) -> dict:
+def summarise_run(run_dirs: list[Path], samples=None) -> dict:
     """Per-fold metrics, their mean +- sd, pooled metrics and per-domain results of one run or an ensemble.
 
-    Per-domain results come from a run's results.json; an ensemble row has none.
+    Per-domain results (at the pooled threshold, as a run's results.json has them) need `samples`,
+    the study's samples with their domains; without them there are none.
     """
     pooled_rows = pooled_runs(run_dirs)
     folds = per_fold_metrics(_as_table(pooled_rows))
-    pooled = oof_metrics(pooled_rows)
-    per_domain = {}
-    if len(run_dirs) == 1:
-        per_domain = json.loads((Path(run_dirs[0]) / "results.json").read_text())["oof"].get("per_domain", {})
+    pooled = oof_metrics(pooled_rows, samples)
     return {"per_fold": folds,
             "roc_auc": mean_sd([f["roc_auc"] for f in folds.values()]),
             "balanced_accuracy": mean_sd([f["balanced_accuracy"] for f in folds.values()]),
             "pooled_roc_auc": pooled["at_threshold"]["roc_auc"],
             "pooled_balanced_accuracy_threshold_from_other_folds":
                 (pooled.get("threshold_chosen_on_other_folds") or {}).get("balanced_accuracy"),
-            "per_domain": per_domain}
+            "per_domain": pooled.get("per_domain", {})}
 
 
 def _with_split(config: ExperimentConfig, **changes) -> ExperimentConfig:
@@ -133,7 +131,7 @@ def run_study(configs: list[ExperimentConfig], study_dir: Path, *, rows: list[st
                 config = prepare_synthetic(config, split, split_dir)
             run_crossval(config, split_dir / config.name, folds=folds if not split_name else None,
                          split_path=split_dir / "split.json", show_progress=show_progress)
-    return write_study_report(study_dir, rows, leave_out)
+    return write_study_report(study_dir, rows, leave_out, samples)
 
 
 def on_folds(table: dict, folds: list[str]) -> dict:
@@ -152,8 +150,10 @@ def common_folds(tables: dict[str, dict]) -> list[str]:
     return sorted(shared, key=int)
 
 
-def study_results(study_dir: Path, names: list[str], leave_out: str | None) -> dict:
+def study_results(study_dir: Path, names: list[str], leave_out: str | None, samples=None) -> dict:
     """Summaries of every run and the paired comparisons of each config against the first.
+
+    `samples` (with their domains) give every row, ensembles too, its per-domain results.
 
     Each run is summarised on all the folds it trained; the paired differences use only the folds
     every config trained (a study rerun with --folds may leave some configs with fewer), and there
@@ -170,7 +170,7 @@ def study_results(study_dir: Path, names: list[str], leave_out: str | None) -> d
                                                         for name, t in tables.items()},
                            "n": len(paired[names[0]]["ids"]), "n_atypical": int(paired[names[0]]["labels"].sum())}
     for name in names:
-        results["runs"][name] = summarise_run(row_runs(study_dir, name))
+        results["runs"][name] = summarise_run(row_runs(study_dir, name), samples)
     for name in names[1:]:
         results["differences"][name] = compare(paired[names[0]], paired[name])
     if leave_out:
@@ -183,10 +183,10 @@ def study_results(study_dir: Path, names: list[str], leave_out: str | None) -> d
     return results
 
 
-def write_study_report(study_dir: Path, names: list[str], leave_out: str | None) -> dict:
-    """study.json, study.md and the plots from the finished runs of a study."""
+def write_study_report(study_dir: Path, names: list[str], leave_out: str | None, samples=None) -> dict:
+    """study.json, study.md and the plots from the finished runs of a study (per domain with `samples`)."""
     study_dir = Path(study_dir)
-    results = study_results(study_dir, names, leave_out)
+    results = study_results(study_dir, names, leave_out, samples)
     (study_dir / "study.json").write_text(json.dumps(results, indent=2) + "\n")
     (study_dir / "study.md").write_text(study_markdown(results, leave_out))
     plot_study(results, study_dir)
