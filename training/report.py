@@ -161,6 +161,6 @@ def _domain_lines(results: dict, leave_out: str | None) -> list[str]:
                   "| config | left out | n | balanced accuracy | sensitivity | specificity | ROC AUC |",
                   "|---|---|---|---|---|---|---|"]
         for name, per_domain in results["leave_one_out"].items():
-            lines += [f"| {name} | {d} | {m['n']} | {_fmt(m['balanced_accuracy'])} | {_fmt(m.get('sensitivity'))} | "
-                      f"{_fmt(m.get('specificity'))} | {_fmt(m['roc_auc'])} |" for d, m in per_domain.items()]
+            lines += [f"| {name} | {d} | {m['n']} | {_fmt(m['balanced_accuracy'])} | {_fmt(m['sensitivity'])} | "
+                      f"{_fmt(m['specificity'])} | {_fmt(m['roc_auc'])} |" for d, m in per_domain.items()]
     return lines
