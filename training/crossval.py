@@ -78,12 +78,17 @@ def check_finished_fold(fold_dir: Path, split: dict, fold) -> None:
                          "differ); its predictions cannot be pooled with this split's folds")
 
 
-def check_same_recipe(fold_dir: Path, config: ExperimentConfig) -> None:
-    """A finished fold is reused only for the config it was trained with (RUN_LOCAL_FIELDS aside)."""
+def fold_recipe_differences(fold_dir: Path, config: ExperimentConfig) -> list[str]:
+    """How the recipe a fold was trained with (its config.yaml) differs from `config`, RUN_LOCAL_FIELDS aside."""
     path = Path(fold_dir) / "config.yaml"
     if not path.is_file():
-        return  # written by every fold since configs were saved; nothing to compare against
-    differences = recipe_differences(load_config(str(path)), config)
+        return []  # written by every fold since configs were saved; nothing to compare against
+    return recipe_differences(load_config(str(path)), config)
+
+
+def check_same_recipe(fold_dir: Path, config: ExperimentConfig) -> None:
+    """A finished fold is reused only for the config it was trained with (RUN_LOCAL_FIELDS aside)."""
+    differences = fold_recipe_differences(fold_dir, config)
     if differences:
         raise ValueError(f"{fold_dir} was finished with another config ({'; '.join(differences)}); its predictions "
                          "would be pooled as this config's. Train into another folder (--out) or delete the fold")

@@ -15,11 +15,9 @@ out-of-fold scores of its own sources to choose one on.
 
 from pathlib import Path
 
-from training.config import load_config, recipe_differences
-from training.crossval import fold_dirs
+from training.crossval import fold_dirs, fold_recipe_differences
 from training.splits import load_split
-from training.statistics import per_fold_metrics
-from training.study import oof_table  # pools several configs' runs as the exported graph pools them
+from training.study import leave_one_out_metrics, with_split
 
 
 class OutOfDomainError(ValueError):
@@ -30,8 +28,8 @@ def out_of_domain_metrics(study_dir: Path, member_configs) -> dict:
     """Per domain key and left-out value, the recipe's metrics from `study_dir`'s leave-one-out runs.
 
     `member_configs`: the exported members' ExperimentConfigs. Every config among them must have a
-    finished leave-one-out run of the same recipe (the split aside) in each `lodo_<key>` folder;
-    several configs are pooled as the graph pools them (scores averaged per patch).
+    finished leave-one-out run of the same recipe in each `lodo_<key>` folder; several configs are
+    pooled as the graph pools them (scores averaged per patch).
     """
     study_dir = Path(study_dir)
     lodo_dirs = sorted(path for path in study_dir.glob("lodo_*") if (path / "split.json").is_file())
@@ -41,11 +39,10 @@ def out_of_domain_metrics(study_dir: Path, member_configs) -> dict:
     configs = {config.name: config for config in member_configs}
     result = {}
     for lodo_dir in lodo_dirs:
-        split = load_split(lodo_dir / "split.json")
-        runs = [_finished_run(lodo_dir / name, config, split) for name, config in sorted(configs.items())]
-        per_fold = per_fold_metrics(oof_table(runs))
         key = lodo_dir.name.removeprefix("lodo_")
-        result[key] = {entry["left_out"][key]: _record(per_fold[str(entry["fold"])]) for entry in split["folds"]}
+        n_folds = len(load_split(lodo_dir / "split.json")["folds"])
+        runs = [_finished_run(lodo_dir / name, config, key, n_folds) for name, config in sorted(configs.items())]
+        result[key] = leave_one_out_metrics(lodo_dir, runs, key)
     return {"estimate_of": "the exported recipe on a source its members never saw",
             "how": "leave-one-out runs of the members' configs (other trainings, not the shipped members): each "
                    "trained on every value of the key but one and scored on that one; one run per value. "
@@ -54,23 +51,16 @@ def out_of_domain_metrics(study_dir: Path, member_configs) -> dict:
             "study": study_dir.name, "configs": sorted(configs), "per_left_out": result}
 
 
-def _finished_run(run_dir: Path, config, split: dict) -> Path:
-    """`run_dir` if it finished every fold of `split` with `config`'s recipe (the split aside)."""
+def _finished_run(run_dir: Path, config, key: str, n_folds: int) -> Path:
+    """`run_dir` if it finished its `n_folds` folds with `config` as the study trains it, leaving out `key`."""
     folds = fold_dirs(run_dir)
-    if len(folds) != len(split["folds"]):
-        raise OutOfDomainError(f"{run_dir}: {len(folds)} of {len(split['folds'])} leave-one-out folds finished; "
+    if len(folds) != n_folds:
+        raise OutOfDomainError(f"{run_dir}: {len(folds)} of {n_folds} leave-one-out folds finished; "
                                "finish them with the study command that started them")
+    as_trained = with_split(config, leave_out=key)
     for fold_dir in folds:
-        if not (fold_dir / "config.yaml").is_file():
-            raise OutOfDomainError(f"{fold_dir}: no config.yaml, so its recipe cannot be checked against the members'")
-        recorded = load_config(str(fold_dir / "config.yaml"))
-        differences = [d for d in recipe_differences(recorded, config) if not d.startswith("split.")]
+        differences = fold_recipe_differences(fold_dir, as_trained)  # as a resumed run checks a finished fold
         if differences:
             raise OutOfDomainError(f"{fold_dir} trained another recipe than the exported members' "
                                    f"({'; '.join(differences)}); its results do not stand for this model")
     return run_dir
-
-
-def _record(metrics: dict) -> dict:
-    kept = ("n", "n_atypical", "roc_auc", "balanced_accuracy", "sensitivity", "specificity", "threshold")
-    return {name: metrics[name] for name in kept}

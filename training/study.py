@@ -78,11 +78,11 @@ def _as_table(pooled: dict[str, dict]) -> dict:
             "folds": np.array([str(pooled[i]["fold"]) for i in ids])}
 
 
-def summarise_run(run_dirs: list[Path], samples=None) -> dict:
+def summarise_run(run_dirs: list[Path], samples) -> dict:
     """Per-fold metrics, their mean +- sd, pooled metrics and per-domain results of one run or an ensemble.
 
-    Per-domain results (at the pooled threshold, as a run's results.json has them) need `samples`,
-    the study's samples with their domains; without them there are none.
+    Per-domain results are at the pooled threshold, as a run's results.json has them, from the
+    study's `samples` (which carry the domains).
     """
     pooled_rows = pooled_runs(run_dirs)
     folds = per_fold_metrics(_as_table(pooled_rows))
@@ -96,7 +96,8 @@ def summarise_run(run_dirs: list[Path], samples=None) -> dict:
             "per_domain": pooled.get("per_domain", {})}
 
 
-def _with_split(config: ExperimentConfig, **changes) -> ExperimentConfig:
+def with_split(config: ExperimentConfig, **changes) -> ExperimentConfig:
+    """`config` with its split config changed (as the study trains it on a leave-one-out split)."""
     return dataclasses.replace(config, split=dataclasses.replace(config.split, **changes))
 
 
@@ -126,7 +127,7 @@ def run_study(configs: list[ExperimentConfig], study_dir: Path, *, rows: list[st
         save_split(split, split_dir / "split.json")
         for config in configs:
             if split_name:
-                config = _with_split(config, leave_out=leave_out)
+                config = with_split(config, leave_out=leave_out)
             if config.synthetic.dir is not None and prepare_synthetic is not None:
                 config = prepare_synthetic(config, split, split_dir)
             run_crossval(config, split_dir / config.name, folds=folds if not split_name else None,
@@ -150,7 +151,7 @@ def common_folds(tables: dict[str, dict]) -> list[str]:
     return sorted(shared, key=int)
 
 
-def study_results(study_dir: Path, names: list[str], leave_out: str | None, samples=None) -> dict:
+def study_results(study_dir: Path, names: list[str], leave_out: str | None, samples) -> dict:
     """Summaries of every run and the paired comparisons of each config against the first.
 
     `samples` (with their domains) give every row, ensembles too, its per-domain results.
@@ -175,16 +176,24 @@ def study_results(study_dir: Path, names: list[str], leave_out: str | None, samp
         results["differences"][name] = compare(paired[names[0]], paired[name])
     if leave_out:
         lodo_dir = study_dir / f"lodo_{leave_out}"
-        split = json.loads((lodo_dir / "split.json").read_text())
-        domain_of_fold = {str(f["fold"]): f["left_out"][leave_out] for f in split["folds"]}
         for name in names:
-            per_fold = per_fold_metrics(oof_table(row_runs(lodo_dir, name)))
-            results["leave_one_out"][name] = {domain_of_fold[f]: m for f, m in per_fold.items()}
+            results["leave_one_out"][name] = leave_one_out_metrics(lodo_dir, row_runs(lodo_dir, name), leave_out)
     return results
 
 
-def write_study_report(study_dir: Path, names: list[str], leave_out: str | None, samples=None) -> dict:
-    """study.json, study.md and the plots from the finished runs of a study (per domain with `samples`)."""
+def leave_one_out_metrics(lodo_dir: Path, run_dirs: list[Path], key: str) -> dict[str, dict]:
+    """Per left-out value of `key`, per_fold_metrics of one run or an ensemble on `lodo_dir`'s split.
+
+    Only the folds trained appear; each one's balanced accuracy is at a threshold chosen on the
+    other folds' left-out patches.
+    """
+    split = load_split(Path(lodo_dir) / "split.json")
+    value_of_fold = {str(entry["fold"]): entry["left_out"][key] for entry in split["folds"]}
+    return {value_of_fold[fold]: metrics for fold, metrics in per_fold_metrics(oof_table(run_dirs)).items()}
+
+
+def write_study_report(study_dir: Path, names: list[str], leave_out: str | None, samples) -> dict:
+    """study.json, study.md and the plots from the finished runs of a study (`samples`: its samples)."""
     study_dir = Path(study_dir)
     results = study_results(study_dir, names, leave_out, samples)
     (study_dir / "study.json").write_text(json.dumps(results, indent=2) + "\n")
