@@ -231,6 +231,8 @@ def test_quality_report_compares_with_held_out_patches_and_writes_a_synthetic_on
         assert (out_dir / name).stat().st_size > 0
     assert 0 <= report["class_effect_auroc"] <= 1 and 0 <= report["class_effect_auroc_real_validation"] <= 1
     assert 0 <= atypical["memorisation"]["share_closer_than_real_p05"] <= 1
+    assert {c: report["vae_ceiling"][c]["n"] for c in ("normal", "atypical")} == {
+        "normal": normal["n_real_validation"], "atypical": atypical["n_real_validation"]}
     assert "class effect AUROC" in capsys.readouterr().out
 
     # other sampling settings: both classes drawn anew with them, not the balance set's guidance-2 images
@@ -252,6 +254,8 @@ def test_quality_report_compares_with_held_out_patches_and_writes_a_synthetic_on
     assert row["real_vs_synthetic_auroc"] == max(atypical["two_sample_auroc"], normal["two_sample_auroc"])
     assert (row["fid_atypical"], row["fid_reference_normal"]) == (
         atypical["frechet_distance"], normal["frechet_distance_real_reference"])
+    assert row["vae_ceiling_real_vs_reconstruction_auroc"] == max(
+        report["vae_ceiling"][c]["two_sample_auroc"] for c in ("normal", "atypical"))
     assert training_cli(["synth", "quality", str(workspace["generator"]), "--fold", "0", "--guidance", "3",
                          "--classifier", str(workspace["classifier"]), "--quiet"]) == 0  # drawn before: reused
     assert training_cli(["synth", "summary", str(workspace["generator"]), "--fold", "0", "--out", str(out)]) == 0
@@ -423,3 +427,68 @@ def test_a_generated_centre_becomes_a_full_patch_with_its_edges_mirrored():
     assert np.array_equal(patch[32:96, 32:96], centre)
     assert np.array_equal(patch[31], patch[33]) and np.array_equal(patch[:, 96], patch[:, 94])  # mirrored, not black
     assert to_patch_size(patch, 128) is patch
+
+
+def test_the_adaptive_adversarial_weight_balances_the_two_gradients():
+    layer = torch.nn.Parameter(torch.randn(3, 3))
+    loss = (layer ** 2).sum()
+    assert trainer_module.adaptive_weight(loss, 2 * loss, layer).item() == pytest.approx(0.5, rel=1e-3)
+    assert trainer_module.adaptive_weight(loss, 0 * loss, layer).item() == 1e4  # no adversarial gradient: clamped
+
+
+def test_an_adversarial_vae_trains_its_discriminator_and_resumes_to_the_same_weights(workspace, tmp_path, monkeypatch):
+    values = tiny_synth_values(workspace["root"])
+    values["vae"] = {**values["vae"], "adversarial_weight": 0.5, "adversarial_start": 2, "discriminator_channels": 8}
+    config = synth_config_from_dict(values)
+    run = open_run(config, tmp_path / "gen", workspace["classifier"] / "split.json")
+    device = torch.device("cpu")
+    fold_data = run.fold_data(0)
+    straight = trainer_module.train_vae(run.config, tmp_path / "straight", fold_data, device, show_progress=False)
+    assert straight["discriminator_loss_last_50"] > 0 and straight["adversarial_weight_last_50"] > 0
+
+    real_update, calls = trainer_module._Optimisation.update, []
+
+    def dies_at_the_fifth_step(self, loss):  # after the resume point of step 4, with the discriminator at work
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_update(self, loss)
+
+    monkeypatch.setattr(trainer_module._Optimisation, "update", dies_at_the_fifth_step)
+    with pytest.raises(KeyboardInterrupt):
+        trainer_module.train_vae(run.config, tmp_path / "killed", run.fold_data(0), device, show_progress=False)
+    assert "discriminator" in torch.load(tmp_path / "killed" / "vae" / "resume.pt", weights_only=False)["companions"]
+    monkeypatch.setattr(trainer_module._Optimisation, "update", real_update)
+    trainer_module.train_vae(run.config, tmp_path / "killed", run.fold_data(0), device, show_progress=False)
+    weights = [load_file(str(tmp_path / d / "vae" / "diffusion_pytorch_model.safetensors"))
+               for d in ("straight", "killed")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    plain = trainer_module.train_vae(synth_config_from_dict(tiny_synth_values(workspace["root"])), tmp_path / "plain",
+                                     run.fold_data(0), device, show_progress=False)
+    assert "discriminator_loss_last_50" not in plain
+    other = load_file(str(tmp_path / "plain" / "vae" / "diffusion_pytorch_model.safetensors"))
+    assert not torch.equal(other["decoder.conv_out.weight"], weights[0]["decoder.conv_out.weight"])
+
+
+def test_the_vae_ceiling_compares_validation_patches_with_their_own_reconstructions(workspace, capsys):
+    from training.synth.quality import reconstruct
+
+    assert training_cli(["synth", "vae-quality", str(workspace["generator"]), "--fold", "1",
+                         "--classifier", str(workspace["classifier"]), "--quiet"]) == 0
+    report = json.loads((workspace["generator"] / "fold_1" / "quality" / "vae_ceiling.json").read_text())
+    run = load_run(workspace["generator"])
+    validation = run.fold_data(1).validation
+    for label, name in enumerate(("normal", "atypical")):
+        figures = report["vae_ceiling"][name]
+        assert figures["n"] == sum(s.label == label for s in validation)
+        assert 0 <= figures["two_sample_auroc"] <= 1 and figures["frechet_distance"] >= 0
+        assert 0 <= figures["share_called_atypical_reconstruction"] <= 1
+    assert "real-vs-reconstruction AUROC" in capsys.readouterr().out
+    # the reconstructions are what the PSNR was measured on (up to rounding to uint8)
+    from training.data import load_images
+
+    real = load_images(validation[:4], run.config.image_size)
+    decoded, psnr = reconstruct(run, 1, real, torch.device("cpu"))
+    assert decoded.shape == real.shape and decoded.dtype == np.uint8
+    error = ((decoded.astype(float) - real.astype(float)) ** 2).mean(axis=(1, 2, 3))
+    assert np.allclose(10 * np.log10(255.0 ** 2 / error), psnr, atol=0.2)

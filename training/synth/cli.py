@@ -2,8 +2,9 @@
 
 Steps, per fold: `train-vae`, `pretrain`, `finetune` (training, resumable), `sample` (a class, or the
 balance set that synthetic-balanced training reads), `quality` (figures against held-out real
-patches), `summary` (the folds' quality as one JSON), and `all` (every step for a list of folds, skipping what is finished). Each step is an
-`*_entry(args)` function that parses its arguments into a call of the library.
+patches), `vae-quality` (the VAE's ceiling alone), `summary` (the folds' quality as one JSON), and
+`all` (every step for a list of folds, skipping what is finished). Each step is an `*_entry(args)`
+function that parses its arguments into a call of the library.
 """
 
 from pathlib import Path
@@ -115,6 +116,22 @@ def quality_entry(args) -> int:
               f"{atypical['two_sample_auroc']:.3f}, called atypical {atypical['share_called_atypical_synthetic']:.3f} "
               f"(real {atypical['share_called_atypical_real_validation']:.3f}), class effect AUROC "
               f"{report['class_effect_auroc']:.3f} -> {run.fold_dir(fold) / 'quality'}")
+    return 0
+
+
+def vae_quality_entry(args) -> int:
+    from training.synth.quality import vae_quality_report
+    from training.synth.run import load_run
+
+    run = load_run(args.run)
+    device = _device(run.config, args.device)
+    for fold in _folds(run, args.fold):
+        ceiling = vae_quality_report(run, fold, args.classifier, device)["vae_ceiling"]
+        print(f"vae-quality: fold {fold}: " + "; ".join(
+            f"{name} PSNR {figures['psnr_db']:.2f} dB, real-vs-reconstruction AUROC {figures['two_sample_auroc']:.3f}, "
+            f"called atypical {figures['share_called_atypical_reconstruction']:.3f} "
+            f"(real {figures['share_called_atypical_real_validation']:.3f})" for name, figures in ceiling.items())
+            + f" -> {run.fold_dir(fold) / 'quality' / 'vae_ceiling.md'}")
     return 0
 
 
@@ -236,6 +253,16 @@ def add_synth_steps(steps) -> None:
     quality.add_argument("--n", type=int, help="synthetic patches per class (default: the config's quality.n_per_class)")
     _add_sampling_arguments(quality)
     quality.set_defaults(entry=quality_entry)
+
+    ceiling = steps.add_parser("vae-quality", help="how real fold k's VAE lets a patch look (needs only the VAE stage)",
+                               description="Validation patches against their own reconstructions by the fold's VAE, on "
+                                           "the judge's features: two-sample AUROC, Fréchet distance, PSNR and the "
+                                           "share called atypical; into <run>/fold_<k>/quality/vae_ceiling.json. "
+                                           "`quality` reports the same beside the synthetic figures.")
+    _add_run_arguments(ceiling)
+    ceiling.add_argument("--classifier", type=Path, required=True,
+                         help="the real-only classifier run folder whose fold_<k> is the judge (same split)")
+    ceiling.set_defaults(entry=vae_quality_entry)
 
     summary = steps.add_parser("summary", help="the folds' quality reports as one JSON (docs/synthesis_quality.json)",
                                description="Reads <run>/fold_<k>/quality/quality.json of each fold (made by `quality`) "

@@ -44,8 +44,11 @@ class VAEConfig:
     VAE such as stabilityai/sd-vae-ft-ema); it must not have been trained on the evaluation data.
     Otherwise a small AutoencoderKL is trained from scratch for each fold on that fold's
     pre-training images, on random `crop` x `crop` pieces (it is convolutional, so it then encodes
-    whole patches). Loss: L1 reconstruction + `kl_weight` x KL (no perceptual or adversarial term:
-    their networks would need downloaded weights), so reconstructions are smoother than an SD VAE's.
+    whole patches). Loss: L1 reconstruction + `kl_weight` x KL, and with `adversarial_weight` > 0 a
+    patch discriminator's hinge loss from step `adversarial_start` on, weighted adaptively as in
+    latent diffusion's autoencoder (trainer.adversarial_weight). No perceptual (LPIPS) term: its
+    network would need downloaded weights. Without the adversarial term reconstructions are smoother
+    than an SD VAE's (an L1 loss rewards the blur that averages what it cannot place).
     """
 
     pretrained: str | None = None
@@ -55,6 +58,10 @@ class VAEConfig:
     norm_num_groups: int = 16
     crop: int = 64
     kl_weight: float = 1e-6
+    adversarial_weight: float = 0.0  # 0: no discriminator; latent diffusion's autoencoders use 0.5
+    adversarial_start: int = 0  # VAE step the discriminator starts at (after the L1 loss has settled)
+    discriminator_channels: int = 64
+    discriminator_layers: int = 2  # each patch logit sees 34 px at 2 layers (networks.PatchDiscriminator)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=2000, batch_size=16, lr=2e-4, warmup_steps=100, ema_decay=0.0))
 

@@ -17,7 +17,9 @@ the judge is fold k's real-only classifier (trained without them too). Figures, 
   patch, against the same distance for real validation patches; `share_closer_than_real_p05` is
   the share of synthetic patches nearer to a training patch than 95 % of real validation ones
   (about 0.05 for a generator that does not copy, near 1 for one that returns its training set).
-- The VAE's reconstruction PSNR on validation patches: the ceiling the latent space sets.
+- The VAE's ceiling: validation patches against their own reconstructions (PSNR, two-sample
+  AUROC, Fréchet distance, share called atypical): how real the latent space alone lets a figure
+  look, so that a realism gap can be put on the VAE or on the DiT (also alone: `vae_quality_report`).
 Written to `<run>/fold_<k>/quality/`: quality.json, quality.md, gallery.png (real and synthetic),
 gallery_synthetic.png (synthetic only: the one that may be published without real data).
 """
@@ -132,16 +134,44 @@ def _synthetic_set(run: GeneratorRun, fold: int, label: int, n: int, options: Sa
 
 
 @torch.no_grad()
-def vae_psnr(run: GeneratorRun, fold: int, patches: np.ndarray, device, n: int = 256) -> float:
-    """Mean PSNR (dB) of the fold's VAE reconstructions of up to n held-out patches."""
+def reconstruct(run: GeneratorRun, fold: int, patches: np.ndarray, device) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 reconstructions, PSNR in dB per patch) of patches (N, H, W, 3) through the fold's VAE."""
     codec = fold_vae(run.fold_dir(fold), run.fold_data(fold)).to(device).eval()
-    psnrs = []
-    for start in range(0, min(n, len(patches)), 32):
-        images = to_model_range(torch.from_numpy(patches[start:start + 32])).to(device)
-        mean, _ = codec.encode(images)
-        error = ((codec.decode(mean) - images) * 127.5).float().pow(2).mean(dim=(1, 2, 3))
+    images, psnrs = [], []
+    for start in range(0, len(patches), 32):
+        batch = to_model_range(torch.from_numpy(patches[start:start + 32])).to(device)
+        decoded = codec.decode(codec.encode(batch)[0]).float()
+        error = ((decoded - batch) * 127.5).pow(2).mean(dim=(1, 2, 3))
         psnrs.append((10 * torch.log10(255.0 ** 2 / error.clamp(min=1e-10))).cpu())
-    return float(torch.cat(psnrs).mean())
+        images.append(((decoded + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu())
+    if not images:
+        return np.zeros((0, *patches.shape[1:]), np.uint8), np.zeros(0)
+    return torch.cat(images).numpy(), torch.cat(psnrs).numpy().astype(np.float64)
+
+
+def vae_ceiling(run: GeneratorRun, fold: int, judge: dict, device, seed: int = 0) -> dict:
+    """What the latent space alone costs, per class: fold k's validation patches against their own
+    reconstructions by the fold's VAE, on the judge's features (two-sample AUROC, Fréchet distance)
+    and calls (share called atypical, beside the real patches' share), with the PSNR.
+
+    A generator cannot draw more realistically than its VAE decodes, so these bound every
+    synthetic figure of the quality report from below; what is left is the DiT's share.
+    """
+    fold_data = run.fold_data(fold)
+    per_class = {}
+    for label, name in enumerate(CLASSES):
+        real = load_images([s for s in fold_data.validation if s.label == label], run.config.image_size)
+        decoded, psnr = reconstruct(run, fold, real, device)
+        real_features, real_p = judge_patches(judge, real, device)
+        decoded_features, decoded_p = judge_patches(judge, decoded, device)
+        per_class[name] = {
+            "n": len(real), "psnr_db": float(psnr.mean()),
+            "two_sample_auroc": two_sample_auroc(real_features, decoded_features, seed),
+            "frechet_distance": frechet_distance(real_features, decoded_features),
+            "share_called_atypical_reconstruction": float((decoded_p >= judge["threshold"]).mean()),
+            "share_called_atypical_real_validation": float((real_p >= judge["threshold"]).mean()),
+        }
+    return per_class
 
 
 def nearest_distances(queries: np.ndarray, pool: np.ndarray, batch: int = 512) -> np.ndarray:
@@ -224,8 +254,9 @@ def quality_report(run: GeneratorRun, fold, classifier: Path, *, n_per_class: in
         "fold": fold, "generator": f"{run.config.name}:fold{fold}", "split_fingerprint": fold_data.fingerprint,
         "judge": {k: judge[k] for k in ("fold_dir", "backbone", "threshold", "views")},
         "features": "judge's penultimate layer (forward_head(pre_logits=True)), identity view",
-        "vae_psnr_validation_db": vae_psnr(run, fold, load_images(fold_data.validation[:256], run.config.image_size),
-                                           device),
+        "vae_psnr_validation_db": float(reconstruct(run, fold, load_images(fold_data.validation[:256],
+                                                                            run.config.image_size), device)[1].mean()),
+        "vae_ceiling": vae_ceiling(run, fold, judge, device, run.config.seed),
         "class_effect_auroc": _roc_auc(scores["atypical"][0], scores["normal"][0]),
         "class_effect_auroc_real_validation": _roc_auc(scores["atypical"][1], scores["normal"][1]),
         "per_class": per_class,
@@ -257,6 +288,7 @@ def quality_markdown(report: dict) -> str:
             f"{figures['frechet_distance']:.2f} ({figures['frechet_distance_real_reference']:.2f}) | "
             f"{figures['two_sample_auroc']:.3f} ({figures['two_sample_auroc_real_reference']:.3f}) | "
             f"{figures['share_called_atypical_synthetic']:.3f} / {figures['share_called_atypical_real_validation']:.3f} |")
+    lines += ceiling_markdown(report["vae_ceiling"])
     lines += ["", "| class | median nearest-training distance: synthetic / real validation | synthetic nearer than "
               "95 % of real validation |", "|---|---|---|"]
     for name, figures in report["per_class"].items():
@@ -268,6 +300,40 @@ def quality_markdown(report: dict) -> str:
     lines += ["", f"Sampling: guidance {settings['guidance']}, {settings['steps']} steps, {settings['sampler']}. "
               "Reference: fold's training patches (same n as synthetic) against the same validation patches.", ""]
     return "\n".join(lines)
+
+
+def ceiling_markdown(ceiling: dict) -> list:
+    """The VAE ceiling (vae_ceiling) as Markdown lines."""
+    lines = ["", "VAE ceiling: validation patches against their own reconstructions (what the latent space alone "
+             "costs; no synthetic figure can do better).", "",
+             "| class | n | PSNR | two-sample AUROC | Fréchet distance | called atypical: reconstructed / real |",
+             "|---|---|---|---|---|---|"]
+    for name, figures in ceiling.items():
+        lines.append(f"| {name} | {figures['n']} | {figures['psnr_db']:.2f} dB | {figures['two_sample_auroc']:.3f} | "
+                     f"{figures['frechet_distance']:.2f} | {figures['share_called_atypical_reconstruction']:.3f} / "
+                     f"{figures['share_called_atypical_real_validation']:.3f} |")
+    return lines
+
+
+def vae_quality_report(run: GeneratorRun, fold, classifier: Path, device: torch.device) -> dict:
+    """The VAE ceiling of fold `fold` alone (needs only its VAE stage): `<fold>/quality/vae_ceiling.json` and `.md`.
+
+    Lets two latent spaces be compared before any DiT is trained on them.
+    """
+    fold_data = run.fold_data(fold)
+    fold = fold_data.fold
+    judge = load_judge(classifier, fold, run.split)
+    report = {"fold": fold, "generator": f"{run.config.name}:fold{fold}", "split_fingerprint": fold_data.fingerprint,
+              "judge": {k: judge[k] for k in ("fold_dir", "backbone", "threshold", "views")},
+              "vae_ceiling": vae_ceiling(run, fold, judge, device, run.config.seed)}
+    out_dir = run.fold_dir(fold) / "quality"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "vae_ceiling.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# VAE ceiling, fold {fold} ({report['generator']})", "",
+             f"Judge: {judge['fold_dir']}, threshold {judge['threshold']:.4f}."]
+    lines += ceiling_markdown(report["vae_ceiling"])
+    (out_dir / "vae_ceiling.md").write_text("\n".join(lines) + "\n")
+    return report
 
 
 def write_gallery(sets: list, path: Path, columns: int = 8, rows_per_set: int = 1) -> None:
@@ -344,6 +410,8 @@ def quality_summary(run: GeneratorRun, folds: list, out: Path) -> dict:
             "fid_reference_atypical": atypical["frechet_distance_real_reference"],
             "synthetic_nearer_than_real_p05_atypical": atypical["memorisation"]["share_closer_than_real_p05"],
             "vae_psnr_validation_db": report["vae_psnr_validation_db"],
+            "vae_ceiling_real_vs_reconstruction_auroc": max(
+                figures["two_sample_auroc"] for figures in report["vae_ceiling"].values()),
             "n_synthetic_per_class": atypical["n_synthetic"], "sampling": atypical["sampling"]})
     folds_text = " ".join(map(str, folds))
     classifier = classifiers.pop() if len(classifiers) == 1 else "<real-only run>"  # one judge run for all folds

@@ -38,7 +38,8 @@ from training.ensemble import VIEWS
 from training.synth.config import SynthConfig, TrainConfig, config_text, save_synth_config
 from training.synth.data import FoldData, read_provenance, to_model_range, write_provenance
 from training.synth.diffusion import create_diffusion
-from training.synth.networks import LatentCodec, create_dit, create_vae, dit_args, import_diffusers, load_vae
+from training.synth.networks import (LatentCodec, PatchDiscriminator, create_dit, create_vae, dit_args,
+                                     import_diffusers, load_vae)
 
 SUMMARY_FILE = "summary.json"
 STAGE_IDS = {"vae": 1, "pretrain": 2, "finetune": 3}
@@ -79,6 +80,7 @@ class _Optimisation:
         self.ema = (EMAModel(network.parameters(), decay=train.ema_decay, use_ema_warmup=True, power=0.75, foreach=True)
                     if train.ema_decay else None)
         self.step = 0
+        self.companions = {}  # name -> object with state_dict()/load_state_dict(), saved in resume points too
 
     def update(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -101,7 +103,8 @@ class _Optimisation:
 
     def state(self) -> dict:
         return {"step": self.step, "network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None}
+                "schedule": self.schedule.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
+                "companions": {name: part.state_dict() for name, part in self.companions.items()}}
 
     def restore(self, state: dict) -> None:
         self.step = state["step"]
@@ -110,6 +113,8 @@ class _Optimisation:
         self.schedule.load_state_dict(state["schedule"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        for name, part in self.companions.items():
+            part.load_state_dict(state["companions"][name])
 
 
 def _save_resume(stage_dir: Path, optimisation: _Optimisation, history: list, window: list, text: str) -> None:
@@ -241,14 +246,20 @@ def train_vae(config: SynthConfig, fold_dir: Path, fold_data: FoldData, device: 
                      latent_channels=vae_config.latent_channels, norm_num_groups=vae_config.norm_num_groups,
                      image_size=config.image_size).to(device)
     optimisation = _Optimisation(vae, vae_config.train)
+    adversary = _Adversary(vae_config, vae, device) if vae_config.adversarial_weight > 0 else None
+    if adversary is not None:
+        optimisation.companions = adversary.parts()
 
     def next_loss(step: int) -> torch.Tensor:
         generator = step_generator(config.seed, "vae", step)
         batch = _vae_batch(images, vae_config.crop, vae_config.train.batch_size, generator).to(device)
         posterior = vae.encode(batch).latent_dist
         latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(device)
-        reconstruction = vae.decode(latents).sample
-        return F.l1_loss(reconstruction.float(), batch) + vae_config.kl_weight * posterior.kl().mean()
+        reconstruction = vae.decode(latents).sample.float()
+        loss = F.l1_loss(reconstruction, batch)
+        if adversary is not None and step >= vae_config.adversarial_start:
+            loss = loss + adversary.generator_term(batch, reconstruction, loss)
+        return loss + vae_config.kl_weight * posterior.kl().mean()
 
     started = time.perf_counter()
     history = run_steps(optimisation, next_loss, stage_dir, config_text(config), autocast=_autocast(config, device),
@@ -256,8 +267,56 @@ def train_vae(config: SynthConfig, fold_dir: Path, fold_data: FoldData, device: 
     trained = optimisation.averaged()
     trained.register_to_config(scaling_factor=_latent_scale(trained, images, device))
     trained.save_pretrained(str(stage_dir), safe_serialization=True)
+    extra = adversary.summary() if adversary is not None else {}
     return _finish_stage(stage_dir, _summary(history, started, len(fold_data.pretrain), "vae",
-                                             scaling_factor=float(trained.config.scaling_factor)))
+                                             scaling_factor=float(trained.config.scaling_factor), **extra))
+
+
+class _Adversary:
+    """The VAE's patch discriminator, its optimiser, and the adversarial term of the VAE's loss.
+
+    Latent diffusion's autoencoder recipe (Esser et al., "Taming Transformers", CVPR 2021): hinge
+    losses, Adam with betas (0.5, 0.9), and the generator term weighted by the ratio of the
+    reconstruction loss's and the adversarial loss's gradient norms at the decoder's last layer,
+    times `adversarial_weight`, so neither term swamps the other whatever their scales.
+    """
+
+    def __init__(self, vae_config, vae, device: torch.device):
+        self.scale = vae_config.adversarial_weight
+        self.last_layer = vae.decoder.conv_out.weight
+        self.discriminator = PatchDiscriminator(vae_config.discriminator_channels,
+                                                vae_config.discriminator_layers).to(device)
+        self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=vae_config.train.lr, betas=(0.5, 0.9))
+        self.recent = []  # (discriminator loss, adaptive weight) of the last steps, for the summary
+
+    def parts(self) -> dict:
+        return {"discriminator": self.discriminator, "discriminator_optimizer": self.optimizer}
+
+    def generator_term(self, real: torch.Tensor, reconstruction: torch.Tensor,
+                       reconstruction_loss: torch.Tensor) -> torch.Tensor:
+        """Update the discriminator once on this batch, then return the VAE's weighted adversarial loss."""
+        self.discriminator.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        critic = 0.5 * (F.relu(1 - self.discriminator(real)).mean()
+                        + F.relu(1 + self.discriminator(reconstruction.detach())).mean())
+        critic.backward()
+        self.optimizer.step()
+        fooled = -self.discriminator(reconstruction).mean()
+        weight = adaptive_weight(reconstruction_loss, fooled, self.last_layer) * self.scale
+        self.recent = (self.recent + [(critic.item(), weight.item())])[-50:]
+        return weight * fooled
+
+    def summary(self) -> dict:
+        critic, weight = np.mean(self.recent, axis=0) if self.recent else (float("nan"), float("nan"))
+        return {"discriminator_loss_last_50": float(critic), "adversarial_weight_last_50": float(weight)}
+
+
+def adaptive_weight(reconstruction_loss: torch.Tensor, adversarial_loss: torch.Tensor,
+                    last_layer: torch.Tensor) -> torch.Tensor:
+    """||grad of the reconstruction loss|| / ||grad of the adversarial loss|| at `last_layer`, clamped, no gradient."""
+    reconstruction = torch.autograd.grad(reconstruction_loss, last_layer, retain_graph=True)[0]
+    adversarial = torch.autograd.grad(adversarial_loss, last_layer, retain_graph=True)[0]
+    return (reconstruction.norm() / (adversarial.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
 
 def _summary(history: list, started: float, n_images: int, stage: str, **extra) -> dict:
