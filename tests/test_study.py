@@ -79,6 +79,7 @@ def test_a_study_trains_both_configs_on_one_split_and_reports(tmp_path, capsys):
     cv = results["runs"]["fast"]["roc_auc"]["mean"]
     lodo = np.mean([m["roc_auc"] for m in results["leave_one_out"]["fast"].values()])
     assert f"| fast | {cv:.3f} | {lodo:.3f} | {(cv + lodo) / 2:.3f} |" in markdown  # docs/recipes.md's score
+    assert results["selection"]["fast"]["score"] == pytest.approx((cv + lodo) / 2)  # unrounded, in study.json
     # several variants: one differences table, every verdict after it
     for part in ("runs", "differences", "leave_one_out"):
         results[part]["fast_again"] = results[part]["fast"]

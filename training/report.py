@@ -135,14 +135,12 @@ def _uneven_coverage_lines(coverage: dict) -> list[str]:
 
 def _selection_lines(results: dict) -> list[str]:
     """The recipe selection score of docs/recipes.md: S = (mean k-fold ROC AUC + mean leave-one-out ROC AUC) / 2."""
-    if not results["leave_one_out"]:
+    if not results.get("selection"):
         return []
     lines = ["", "## Selection score (docs/recipes.md)", "",
              "| config | mean k-fold ROC AUC | mean leave-one-out ROC AUC | S |", "|---|---|---|---|"]
-    for name, run in results["runs"].items():
-        cv = run["roc_auc"]["mean"]
-        lodo = sum(m["roc_auc"] for m in results["leave_one_out"][name].values()) / len(results["leave_one_out"][name])
-        lines.append(f"| {name} | {_fmt(cv)} | {_fmt(lodo)} | {_fmt((cv + lodo) / 2)} |")
+    lines += [f"| {name} | {_fmt(s['kfold_roc_auc'])} | {_fmt(s['leave_one_out_roc_auc'])} | {_fmt(s['score'])} |"
+              for name, s in results["selection"].items()]
     return lines
 
 

@@ -178,7 +178,18 @@ def study_results(study_dir: Path, names: list[str], leave_out: str | None, samp
         lodo_dir = study_dir / f"lodo_{leave_out}"
         for name in names:
             results["leave_one_out"][name] = leave_one_out_metrics(lodo_dir, row_runs(lodo_dir, name), leave_out)
+        results["selection"] = selection_scores(results["runs"], results["leave_one_out"])
     return results
+
+
+def selection_scores(runs: dict[str, dict], leave_one_out: dict[str, dict]) -> dict[str, dict]:
+    """docs/recipes.md's score per config: S = (mean k-fold ROC AUC + mean leave-one-out ROC AUC) / 2."""
+    scores = {}
+    for name, run in runs.items():
+        kfold = run["roc_auc"]["mean"]
+        lodo = float(np.mean([m["roc_auc"] for m in leave_one_out[name].values()]))
+        scores[name] = {"kfold_roc_auc": kfold, "leave_one_out_roc_auc": lodo, "score": (kfold + lodo) / 2}
+    return scores
 
 
 def leave_one_out_metrics(lodo_dir: Path, run_dirs: list[Path], key: str) -> dict[str, dict]:
